@@ -1,0 +1,48 @@
+"""What every subcommand shares: the global options and the settings they resolve to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import click
+
+    from shieldaudit.config import Settings
+    from shieldaudit.store.chain import KeyRing
+
+
+@dataclass
+class AppContext:
+    """Global options; settings are loaded (and validated) on first use."""
+
+    root_option: str | None = None
+    config_option: str | None = None
+    _settings: Settings | None = field(default=None, repr=False)
+
+    def settings(self, **options: object | None) -> Settings:
+        """Return the validated settings; command options override everything else."""
+        if self._settings is None or options:
+            from shieldaudit.config import load_settings  # noqa: PLC0415 -- pydantic is heavy
+
+            merged: dict[str, object | None] = {"root": self.root_option, **options}
+            loaded = load_settings(merged, config_file=self.config_option)
+            if options:
+                return loaded
+            self._settings = loaded
+        return self._settings
+
+    def keys(self) -> KeyRing:
+        """Return the HMAC key ring from the configured key file (empty when unset)."""
+        from shieldaudit.store.chain import load_keys  # noqa: PLC0415
+
+        return load_keys(self.settings().key_file)
+
+
+def app(ctx: click.Context) -> AppContext:
+    """Return the AppContext of the running command."""
+    obj = ctx.find_object(AppContext)
+    if obj is None:  # invoked outside the group, e.g. a command tested alone
+        obj = AppContext()
+        ctx.obj = obj
+    return obj

@@ -1,0 +1,79 @@
+"""Validated settings for the CLI, sidecar and listener (pydantic over :mod:`.settings`).
+
+Every value is parsed by the same function the hook uses, so the two can never
+disagree; a bad value becomes one :class:`~shieldaudit.errors.ConfigError` that
+names the setting and where its value came from.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+from shieldaudit import settings as core
+from shieldaudit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+
+class Settings(BaseModel):
+    """Every setting, validated (DESIGN §3)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    root: Annotated[Path, BeforeValidator(core.parse_path)]
+    max_segment_bytes: Annotated[int, BeforeValidator(core.parse_size)]
+    keep_segments: Annotated[int, BeforeValidator(core.parse_count)]
+    fsync: Annotated[Literal["always", "never"], BeforeValidator(core.parse_fsync)]
+    key_file: Annotated[Path | None, BeforeValidator(core.parse_optional_path)]
+    fail_closed: Annotated[bool, BeforeValidator(core.parse_bool)]
+    metrics_addr: Annotated[str, BeforeValidator(core.parse_text)]
+    metrics_port: Annotated[int, BeforeValidator(core.parse_port)]
+    podman_url: Annotated[str, BeforeValidator(core.parse_text)]
+    poll_interval: Annotated[float, BeforeValidator(core.parse_interval)]
+
+    def store(self) -> core.StoreSettings:
+        """Return the subset a trail writer needs."""
+        return core.StoreSettings(
+            root=self.root,
+            max_segment_bytes=self.max_segment_bytes,
+            keep_segments=self.keep_segments,
+            fsync=self.fsync,
+            key_file=self.key_file,
+            fail_closed=self.fail_closed,
+        )
+
+
+def load_settings(
+    options: Mapping[str, object | None] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> Settings:
+    """Load settings by precedence: option > environment > TOML file > default.
+
+    Raises:
+        ConfigError: a value is invalid (the message names it and its source).
+    """
+    env = os.environ if environ is None else environ
+    path, required = core.config_path(config_file, env)
+    file_values = (
+        core.read_config_file(path, required=required) if required or path.exists() else {}
+    )
+    raw = core.collect(options or {}, env, file_values, str(path))
+    values: dict[str, object] = {}
+    for setting in core.SETTINGS:
+        given = raw.get(setting.name)
+        values[setting.name] = setting.default() if given is None else given.value
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        given = raw.get(name)
+        source = given.source if given is not None else "default"
+        message = str(error.get("ctx", {}).get("error", error["msg"]))
+        raise ConfigError(name, source, message) from None

@@ -1,0 +1,7 @@
+"""The audit store: the one place that knows the on-disk trail format (DESIGN §2).
+
+Submodules: :mod:`.layout` (paths, IDs, safe opening, locks), :mod:`.chain`
+(serialisation and chain links), :mod:`.writer` (append, rotation, retention,
+torn-tail recovery), :mod:`.reader` (streaming reads) and :mod:`.verify`.
+This package's ``__init__`` imports nothing: the hook pays only for what it uses.
+"""

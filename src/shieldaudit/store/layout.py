@@ -1,0 +1,260 @@
+"""Where things live under the root, and how to open them without being tricked.
+
+Only 64-hex container IDs become path components. Below the root, directories
+and trail files are opened relative to a directory descriptor with
+``O_NOFOLLOW``, so a symlink planted anywhere in a trail's path is refused
+rather than followed outside the root.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import time
+from typing import TYPE_CHECKING, Final, Self
+
+from shieldaudit.errors import (
+    InvalidContainerIdError,
+    LockTimeoutError,
+    StorageError,
+    UnsafePathError,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+CONTAINERS_DIR: Final = "containers"
+STATE_DIR: Final = "state"
+LOCKS_DIR: Final = "locks"
+TORN_DIR: Final = "torn"
+ACTIVE: Final = "audit.jsonl"
+SEGMENT_PREFIX: Final = "audit-"
+SEGMENT_SUFFIX: Final = ".jsonl"
+SEGMENT_DIGITS: Final = 6
+HOOK_ERRORS_FILE: Final = "hook-errors.jsonl"
+DIR_MODE: Final = 0o700
+FILE_MODE: Final = 0o600
+LOCK_TIMEOUT_S: Final = 2.0
+_HEX: Final = frozenset("0123456789abcdef")
+_ID_LEN: Final = 64
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def is_container_id(value: str) -> bool:
+    """Return whether ``value`` is a runtime's full container ID (64 lower-case hex)."""
+    return len(value) == _ID_LEN and _HEX.issuperset(value)
+
+
+def check_container_id(value: str) -> str:
+    """Return ``value`` if it is a full container ID, else raise InvalidContainerIdError."""
+    if not isinstance(value, str) or not is_container_id(value):
+        raise InvalidContainerIdError(str(value))
+    return value
+
+
+def segment_name(number: int) -> str:
+    """Return the file name of sealed segment ``number`` (``audit-000001.jsonl``)."""
+    return f"{SEGMENT_PREFIX}{number:0{SEGMENT_DIGITS}d}{SEGMENT_SUFFIX}"
+
+
+def segment_number(name: str) -> int | None:
+    """Return the number of a sealed segment file name, or None for any other name."""
+    if not (name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX)):
+        return None
+    digits = name[len(SEGMENT_PREFIX) : -len(SEGMENT_SUFFIX)]
+    if len(digits) != SEGMENT_DIGITS or not digits.isdigit():
+        return None
+    return int(digits)
+
+
+def containers_path(root: Path) -> Path:
+    """Return ``<root>/containers``."""
+    return root / CONTAINERS_DIR
+
+
+def trail_dir(root: Path, container_id: str) -> Path:
+    """Return ``<root>/containers/<id>`` for a validated ID."""
+    return root / CONTAINERS_DIR / check_container_id(container_id)
+
+
+def state_path(root: Path, *parts: str) -> Path:
+    """Return a path under ``<root>/state`` (locks, cursors, checkpoints, error logs)."""
+    return root.joinpath(STATE_DIR, *parts)
+
+
+def hook_errors_path(root: Path) -> Path:
+    """Return the file where the hook records its failures for the sidecar to count."""
+    return state_path(root, HOOK_ERRORS_FILE)
+
+
+def _os_error(action: str, path: Path | str, exc: OSError) -> StorageError | UnsafePathError:
+    if exc.errno == errno.ELOOP:
+        return UnsafePathError(f"refusing to follow a symlink at {path}: remove it")
+    if exc.errno == errno.ENOTDIR:
+        return UnsafePathError(f"{path} is not a directory: remove or move it")
+    reason = exc.strerror or str(exc)
+    return StorageError(f"cannot {action} {path}: {reason}")
+
+
+def open_root(root: Path, *, create: bool) -> int:
+    """Open the root directory, creating it (0700) when asked; refuse an unsafe one.
+
+    The root itself may be reached through symlinks (``/var/lib`` often is); it
+    must not be writable by group or others, since anyone who can write it could
+    swap a trail directory for a symlink.
+    """
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if not create:
+            raise StorageError(f"trail root {root} does not exist: nothing recorded yet") from None
+        try:
+            os.makedirs(root, mode=DIR_MODE, exist_ok=True)
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _os_error("create trail root", root, exc) from None
+    except OSError as exc:
+        raise _os_error("open trail root", root, exc) from None
+    mode = os.fstat(fd).st_mode
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        os.close(fd)
+        raise UnsafePathError(
+            f"trail root {root} is writable by group or others (mode {stat.S_IMODE(mode):04o}): "
+            f"run 'chmod go-w {root}'",
+        )
+    return fd
+
+
+def open_subdir(parent_fd: int, name: str, shown: Path, *, create: bool) -> int:
+    """Open directory ``name`` below ``parent_fd`` without following symlinks."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+    except OSError as exc:
+        raise _os_error("open", shown, exc) from None
+    try:
+        os.mkdir(name, DIR_MODE, dir_fd=parent_fd)
+    except FileExistsError:
+        pass  # another writer created it first
+    except OSError as exc:
+        raise _os_error("create directory", shown, exc) from None
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        raise _os_error("open", shown, exc) from None
+
+
+def open_regular(dir_fd: int, name: str, flags: int, shown: Path, mode: int = FILE_MODE) -> int:
+    """Open a regular file below ``dir_fd`` without following symlinks.
+
+    ``O_NONBLOCK`` keeps a planted FIFO from hanging the open; anything that is
+    not a regular file is refused.
+    """
+    try:
+        fd = os.open(
+            name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode, dir_fd=dir_fd
+        )
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise _os_error("open", shown, exc) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UnsafePathError(f"{shown} is not a regular file: remove it")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def list_segment_numbers(dir_fd: int) -> list[int]:
+    """Return the sealed segment numbers present in a trail directory, ascending."""
+    numbers = []
+    for name in os.listdir(dir_fd):
+        number = segment_number(name)
+        if number is not None:
+            numbers.append(number)
+    numbers.sort()
+    return numbers
+
+
+def fsync_dir(dir_fd: int) -> None:
+    """Make directory changes (creates, renames, unlinks) durable."""
+    os.fsync(dir_fd)
+
+
+class Lock:
+    """An exclusive (or shared) ``flock`` on ``<root>/state/locks/<id>.lock``, bounded wait.
+
+    Locks live outside ``containers/`` so trail files carry only entries and
+    rotation never moves a lock.
+    """
+
+    def __init__(
+        self,
+        root_fd: int,
+        container_id: str,
+        root: Path,
+        *,
+        shared: bool = False,
+        timeout: float = LOCK_TIMEOUT_S,
+    ) -> None:
+        """Remember what to lock; nothing happens until :meth:`acquire`."""
+        self._root_fd = root_fd
+        self._id = check_container_id(container_id)
+        self._root = root
+        self._shared = shared
+        self._timeout = timeout
+        self._fd = -1
+
+    def acquire(self) -> None:
+        """Take the lock, polling with a growing back-off until the deadline."""
+        state_fd = open_subdir(self._root_fd, STATE_DIR, self._root / STATE_DIR, create=True)
+        try:
+            locks_fd = open_subdir(
+                state_fd, LOCKS_DIR, self._root / STATE_DIR / LOCKS_DIR, create=True
+            )
+        finally:
+            os.close(state_fd)
+        try:
+            shown = self._root / STATE_DIR / LOCKS_DIR / f"{self._id}.lock"
+            self._fd = open_regular(locks_fd, f"{self._id}.lock", os.O_RDWR | os.O_CREAT, shown)
+        finally:
+            os.close(locks_fd)
+        operation = (fcntl.LOCK_SH if self._shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+        deadline = time.monotonic() + self._timeout
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(self._fd, operation)
+            except BlockingIOError:
+                now = time.monotonic()
+                if now >= deadline:
+                    self.release()
+                    raise LockTimeoutError(
+                        f"timed out after {self._timeout:g}s waiting for the lock of container "
+                        f"{self._id[:12]}: another writer holds it; retry, or look for a stuck "
+                        "shieldaudit process",
+                    ) from None
+                time.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, 0.02)
+            else:
+                return
+
+    def release(self) -> None:
+        """Drop the lock (closing the descriptor releases the flock)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Self:
+        """Acquire on entering a ``with`` block."""
+        self.acquire()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Release on leaving a ``with`` block."""
+        self.release()

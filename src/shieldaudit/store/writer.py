@@ -1,0 +1,342 @@
+"""Appending entries: lock, find the head, recover a torn tail, write once, rotate, retain.
+
+Every writer (the hook, the listener, the CLI) goes through :class:`TrailWriter`.
+``seq`` and ``prev`` are derived from the trail itself under the container's
+exclusive lock, so there is no separate counter that could drift from the data,
+and a crash at any point leaves a state the next writer continues correctly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Self
+
+from shieldaudit.errors import StorageError
+from shieldaudit.store import chain, layout
+from shieldaudit.timefmt import format_ns
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+
+    from shieldaudit.settings import StoreSettings
+
+#: Largest entry a writer accepts; readers refuse lines over 1 MiB.
+MAX_ENTRY_BYTES: Final = 256 * 1024
+_TAIL_CHUNK: Final = 64 * 1024
+_NL: Final = b"\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What one append wrote."""
+
+    container_id: str
+    seq: int
+    mac: str
+    line: bytes
+    rotated_to: str | None
+    torn_bytes: int
+
+
+@dataclass(slots=True)
+class _Head:
+    """The chain head as of a known state of the active segment."""
+
+    ino: int
+    size: int
+    seq: int
+    mac: str
+
+
+def reverse_lines(fd: int, end: int) -> Iterator[bytes]:
+    """Yield the lines of ``fd[:end]`` last first, without newlines; ``end`` follows a newline.
+
+    Reads backwards in chunks, so finding the last entry costs one small read.
+    """
+    pos = end
+    carry = b""
+    while pos > 0:
+        step = min(_TAIL_CHUNK, pos)
+        pos -= step
+        parts = (os.pread(fd, step, pos) + carry).split(_NL)
+        carry = parts[0]  # may continue before ``pos``: completed by the next chunk
+        for part in reversed(parts[1:]):
+            if part:
+                yield part
+    if carry:
+        yield carry
+
+
+def _head_in(fd: int, size: int) -> tuple[int, str] | None:
+    """Find ``(seq, mac)`` of the last valid entry in ``fd[:size]``."""
+    for line in reverse_lines(fd, size):
+        head = chain.head_of((line,))
+        if head is not None:
+            return head
+    return None
+
+
+class TrailWriter:
+    """Append entries to per-container trails under one root.
+
+    A long-lived writer (the listener) keeps the root open and remembers each
+    container's chain head, validated against the active segment's inode and
+    size under the lock, so steady-state appends do not re-read the file.
+    """
+
+    def __init__(
+        self,
+        settings: StoreSettings,
+        *,
+        keys: chain.KeyRing | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        lock_timeout: float = layout.LOCK_TIMEOUT_S,
+    ) -> None:
+        """Open nothing yet; the root is opened (and checked) on first use."""
+        self._settings = settings
+        self._root = settings.root
+        self._keys = keys if keys is not None else chain.load_keys(settings.key_file)
+        self._clock = clock
+        self._lock_timeout = lock_timeout
+        self._root_fd = -1
+        self._containers_fd = -1
+        self._heads: dict[str, _Head] = {}
+
+    def _open(self) -> None:
+        if self._containers_fd >= 0:
+            return
+        self._root_fd = layout.open_root(self._root, create=True)
+        self._containers_fd = layout.open_subdir(
+            self._root_fd,
+            layout.CONTAINERS_DIR,
+            layout.containers_path(self._root),
+            create=True,
+        )
+
+    def close(self) -> None:
+        """Close the root descriptors."""
+        for fd in (self._containers_fd, self._root_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._root_fd = self._containers_fd = -1
+        self._heads.clear()
+
+    def __enter__(self) -> Self:
+        """Use as a context manager."""
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Close on exit."""
+        self.close()
+
+    def append(self, container_id: str, fields: Mapping[str, object]) -> Written:
+        """Append one entry; return what was written once it is durable per the fsync policy.
+
+        Args:
+            container_id: the full 64-hex ID (anything else is refused).
+            fields: ``source``, ``action`` and whatever else is known; ``seq``,
+                ``ts`` (unless given), ``container_id`` and the chain keys are set here.
+        """
+        layout.check_container_id(container_id)
+        self._open()
+        shown_dir = layout.trail_dir(self._root, container_id)
+        dir_fd = layout.open_subdir(self._containers_fd, container_id, shown_dir, create=True)
+        try:
+            with layout.Lock(self._root_fd, container_id, self._root, timeout=self._lock_timeout):
+                return self._append_locked(dir_fd, container_id, fields)
+        finally:
+            os.close(dir_fd)
+
+    def _append_locked(
+        self, dir_fd: int, container_id: str, fields: Mapping[str, object]
+    ) -> Written:
+        shown = layout.trail_dir(self._root, container_id) / layout.ACTIVE
+        created = False
+        try:
+            fd = layout.open_regular(dir_fd, layout.ACTIVE, os.O_RDWR | os.O_APPEND, shown)
+        except FileNotFoundError:
+            fd = layout.open_regular(
+                dir_fd, layout.ACTIVE, os.O_RDWR | os.O_APPEND | os.O_CREAT, shown
+            )
+            created = True
+        try:
+            if created:
+                layout.fsync_dir(dir_fd)
+            st = os.fstat(fd)
+            size = st.st_size
+            torn = 0
+            if size and os.pread(fd, 1, size - 1) != _NL:
+                torn, size = self._set_aside_torn_tail(fd, size, container_id)
+            head = self._heads.get(container_id)
+            if head is None or head.ino != st.st_ino or head.size != size:
+                seq, prev = self._find_head(dir_fd, fd, size)
+            else:
+                seq, prev = head.seq, head.mac
+            body = dict(fields)
+            body["seq"] = seq + 1
+            body.setdefault("ts", format_ns(self._clock()))
+            body["container_id"] = container_id
+            if torn:
+                body["torn_tail_bytes"] = torn
+            signer = self._keys.signer
+            line, mac = chain.seal(chain.build_body(body, prev, signer), signer)
+            _check_size(line, container_id)
+            self._write(fd, line, size, shown)
+            new_size = size + len(line)
+            rotated_to = None
+            if new_size >= self._settings.max_segment_bytes:
+                rotated_to = self._rotate(dir_fd, fd, container_id)
+                new_ino = os.stat(layout.ACTIVE, dir_fd=dir_fd, follow_symlinks=False).st_ino
+                self._heads[container_id] = _Head(new_ino, 0, seq + 1, mac)
+            else:
+                self._heads[container_id] = _Head(st.st_ino, new_size, seq + 1, mac)
+            return Written(container_id, seq + 1, mac, line, rotated_to, torn)
+        except BaseException:
+            self._heads.pop(container_id, None)
+            raise
+        finally:
+            os.close(fd)
+
+    def _write(self, fd: int, line: bytes, size: int, shown: Path) -> None:
+        """Write the line with one ``write()``; on a short or failed write, undo it."""
+        try:
+            written = os.write(fd, line)
+        except OSError as exc:
+            self._undo(fd, size)
+            raise _storage_error(shown, exc) from None
+        if written != len(line):
+            self._undo(fd, size)
+            raise StorageError(
+                f"short write to {shown} ({written} of {len(line)} bytes, disk full or file size "
+                "limit): free space; the partial entry was removed",
+            )
+        if self._settings.fsync == "always":
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                raise _storage_error(shown, exc) from None
+
+    @staticmethod
+    def _undo(fd: int, size: int) -> None:
+        # If even this fails, the next writer detects and sets aside the torn tail.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+
+    def _set_aside_torn_tail(self, fd: int, size: int, container_id: str) -> tuple[int, int]:
+        """Move an incomplete last line (a crash mid-write) out of the trail.
+
+        The fragment is never glued to the next entry: it is saved under
+        ``state/torn/`` for inspection, cut from the segment, and the next entry
+        records how many bytes were set aside (``torn_tail_bytes``).
+        """
+        lines_start = size
+        while lines_start > 0:
+            step = min(_TAIL_CHUNK, lines_start)
+            chunk = os.pread(fd, step, lines_start - step)
+            nl = chunk.rfind(_NL)
+            if nl >= 0:
+                lines_start = lines_start - step + nl + 1
+                break
+            lines_start -= step
+        fragment = os.pread(fd, size - lines_start, lines_start)
+        self._save_fragment(container_id, fragment)
+        os.ftruncate(fd, lines_start)
+        if self._settings.fsync == "always":
+            os.fsync(fd)
+        return len(fragment), lines_start
+
+    def _save_fragment(self, container_id: str, fragment: bytes) -> None:
+        state_fd = layout.open_subdir(
+            self._root_fd,
+            layout.STATE_DIR,
+            self._root / layout.STATE_DIR,
+            create=True,
+        )
+        try:
+            torn_fd = layout.open_subdir(
+                state_fd,
+                layout.TORN_DIR,
+                self._root / layout.STATE_DIR / layout.TORN_DIR,
+                create=True,
+            )
+        finally:
+            os.close(state_fd)
+        try:
+            name = f"{container_id}-{self._clock()}.fragment"
+            shown = self._root / layout.STATE_DIR / layout.TORN_DIR / name
+            out = layout.open_regular(torn_fd, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, shown)
+            try:
+                os.write(out, fragment)
+            finally:
+                os.close(out)
+        finally:
+            os.close(torn_fd)
+
+    def _find_head(self, dir_fd: int, fd: int, size: int) -> tuple[int, str]:
+        """Return ``(seq, mac)`` of the last entry: active segment, else the newest sealed one."""
+        if size:
+            head = _head_in(fd, size)
+            if head is not None:
+                return head
+        for number in reversed(layout.list_segment_numbers(dir_fd)):
+            name = layout.segment_name(number)
+            sfd = layout.open_regular(dir_fd, name, os.O_RDONLY, Path(name))
+            try:
+                ssize = os.fstat(sfd).st_size
+                if ssize and os.pread(sfd, 1, ssize - 1) != _NL:
+                    ssize = os.pread(sfd, ssize, 0).rfind(_NL) + 1
+                head = _head_in(sfd, ssize) if ssize else None
+            finally:
+                os.close(sfd)
+            if head is not None:
+                return head
+        return 0, chain.GENESIS
+
+    def _rotate(self, dir_fd: int, fd: int, container_id: str) -> str:
+        """Seal the active segment under the next number, start a new one, apply retention."""
+        os.fsync(fd)
+        numbers = layout.list_segment_numbers(dir_fd)
+        number = (numbers[-1] if numbers else 0) + 1
+        name = layout.segment_name(number)
+        shown_dir = layout.trail_dir(self._root, container_id)
+        try:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+        else:  # sealed segments are never overwritten
+            raise StorageError(f"{shown_dir / name} already exists: cannot seal the active segment")
+        os.rename(layout.ACTIVE, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        new_fd = layout.open_regular(
+            dir_fd,
+            layout.ACTIVE,
+            os.O_RDWR | os.O_CREAT | os.O_EXCL,
+            shown_dir / layout.ACTIVE,
+        )
+        os.close(new_fd)
+        keep = self._settings.keep_segments
+        numbers.append(number)
+        if keep and len(numbers) > keep:
+            for old in numbers[: len(numbers) - keep]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(layout.segment_name(old), dir_fd=dir_fd)
+        layout.fsync_dir(dir_fd)
+        return name
+
+
+def _check_size(line: bytes, container_id: str) -> None:
+    if len(line) > MAX_ENTRY_BYTES:
+        raise StorageError(
+            f"entry for container {container_id[:12]} is {len(line)} bytes, over the "
+            f"{MAX_ENTRY_BYTES}-byte limit: shorten its detail",
+        )
+
+
+def _storage_error(shown: Path, exc: OSError) -> StorageError:
+    if exc.errno in {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}:
+        return StorageError(f"cannot write {shown}: {exc.strerror} (free space, then retry)")
+    return StorageError(f"cannot write {shown}: {exc.strerror or exc}")
