@@ -198,7 +198,7 @@ def test_symlinked_trail_file_is_refused_and_target_untouched(tmp_path):
 
 
 def test_symlinked_trail_directory_is_refused(tmp_path):
-    """containers/<id> as a symlink to a directory outside the root: refused, nothing written there."""
+    """containers/<id> symlinked to a directory outside the root: refused, nothing written."""
     root = tmp_path / "root"
     write(root, CID_B, 1)
     elsewhere = tmp_path / "elsewhere"
