@@ -186,6 +186,49 @@ def fsync_dir(dir_fd: int) -> None:
     os.fsync(dir_fd)
 
 
+def open_lock_file(root_fd: int, root: Path, container_id: str) -> int:
+    """Open (creating) ``<root>/state/locks/<id>.lock`` without following symlinks."""
+    check_container_id(container_id)
+    state_fd = open_subdir(root_fd, STATE_DIR, root / STATE_DIR, create=True)
+    try:
+        locks_fd = open_subdir(state_fd, LOCKS_DIR, root / STATE_DIR / LOCKS_DIR, create=True)
+    finally:
+        os.close(state_fd)
+    try:
+        shown = root / STATE_DIR / LOCKS_DIR / f"{container_id}.lock"
+        return open_regular(locks_fd, f"{container_id}.lock", os.O_RDWR | os.O_CREAT, shown)
+    finally:
+        os.close(locks_fd)
+
+
+def flock_bounded(
+    fd: int, container_id: str, *, shared: bool = False, timeout: float = LOCK_TIMEOUT_S
+) -> None:
+    """Take an flock on ``fd``, polling with a growing back-off until ``timeout``.
+
+    Polling (not a blocking flock with an alarm) keeps the wait bounded without
+    signals, which a hook or a threaded sidecar cannot rely on.
+    """
+    operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        try:
+            fcntl.flock(fd, operation)
+        except BlockingIOError:
+            now = time.monotonic()
+            if now >= deadline:
+                raise LockTimeoutError(
+                    f"timed out after {timeout:g}s waiting for the lock of container "
+                    f"{container_id[:12]}: another writer holds it; retry, or look for a stuck "
+                    "shieldaudit process",
+                ) from None
+            time.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, 0.02)
+        else:
+            return
+
+
 class Lock:
     """An exclusive (or shared) ``flock`` on ``<root>/state/locks/<id>.lock``, bounded wait.
 
@@ -211,38 +254,13 @@ class Lock:
         self._fd = -1
 
     def acquire(self) -> None:
-        """Take the lock, polling with a growing back-off until the deadline."""
-        state_fd = open_subdir(self._root_fd, STATE_DIR, self._root / STATE_DIR, create=True)
+        """Open the lock file and take the lock within the timeout."""
+        self._fd = open_lock_file(self._root_fd, self._root, self._id)
         try:
-            locks_fd = open_subdir(
-                state_fd, LOCKS_DIR, self._root / STATE_DIR / LOCKS_DIR, create=True
-            )
-        finally:
-            os.close(state_fd)
-        try:
-            shown = self._root / STATE_DIR / LOCKS_DIR / f"{self._id}.lock"
-            self._fd = open_regular(locks_fd, f"{self._id}.lock", os.O_RDWR | os.O_CREAT, shown)
-        finally:
-            os.close(locks_fd)
-        operation = (fcntl.LOCK_SH if self._shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
-        deadline = time.monotonic() + self._timeout
-        delay = 0.0005
-        while True:
-            try:
-                fcntl.flock(self._fd, operation)
-            except BlockingIOError:
-                now = time.monotonic()
-                if now >= deadline:
-                    self.release()
-                    raise LockTimeoutError(
-                        f"timed out after {self._timeout:g}s waiting for the lock of container "
-                        f"{self._id[:12]}: another writer holds it; retry, or look for a stuck "
-                        "shieldaudit process",
-                    ) from None
-                time.sleep(min(delay, deadline - now))
-                delay = min(delay * 2, 0.02)
-            else:
-                return
+            flock_bounded(self._fd, self._id, shared=self._shared, timeout=self._timeout)
+        except BaseException:
+            self.release()
+            raise
 
     def release(self) -> None:
         """Drop the lock (closing the descriptor releases the flock)."""
