@@ -1,51 +1,253 @@
-"""``shieldaudit ls``, ``show`` and ``tail``: reading trails for people and scripts."""
+"""``shieldaudit ls`` and ``show``: reading trails for people and scripts (``tail`` lives in .tail).
+
+``ls`` reads each trail's first line and last few lines, never whole files.
+``show`` streams a trail segment by segment in ``seq`` order, one line at a
+time, so memory stays flat whatever the trail's size. ``--json`` prints the
+entries exactly as stored, one JSON object per line.
+"""
 
 from __future__ import annotations
 
-import json
+import os
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
 
+from shieldaudit.cli import render
 from shieldaudit.cli.context import app
-from shieldaudit.cli.resolve import resolve_container
-from shieldaudit.store.reader import TrailDir, list_container_ids
+from shieldaudit.cli.resolve import resolve_all
+from shieldaudit.cli.tail import tail_command
+from shieldaudit.cli.timeargs import parse_time, ts_bound
+from shieldaudit.cli.trails import Trails
+from shieldaudit.errors import ContainerNotFoundError, UsageError
+from shieldaudit.store.reader import TrailDir
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from shieldaudit.summary import Summary
+
+__all__ = ["ls_command", "show_command", "tail_command"]
+
+LS_HEADERS = ("CONTAINER ID", "NAME", "IMAGE", "ENTRIES", "FIRST", "LAST", "ACTION", "STATE")
+
+
+def colour_wanted() -> bool:
+    """Decide colour once, at the edge: a terminal on stdout and no ``NO_COLOR``."""
+    return render.use_colour(isatty=sys.stdout.isatty(), environ=os.environ)
+
+
+def write_json_line(line: bytes | str) -> None:
+    """Write one JSON line to stdout (bytes as stored, or text)."""
+    out = sys.stdout.buffer
+    out.write((line.encode() if isinstance(line, str) else line) + b"\n")
+
+
+def chain_cell(summary: Summary, verified: bool | None) -> render.Cell:
+    """Say what is known about a trail's chain: fully verified, or only its tail checked."""
+    if verified is not None:
+        return ("ok", "ok") if verified else ("FAILED", "FAILED")
+    if summary.tail_ok is None:
+        return "-"
+    return ("tail ok", "ok") if summary.tail_ok else ("BROKEN", "BROKEN")
+
+
+def ls_row(
+    summary: Summary, now: datetime, *, exact: bool, verified: bool | None
+) -> list[render.Cell]:
+    """Build one ``ls`` table row (pure)."""
+    state = str(summary.state)
+    return [
+        summary.container_id if exact else summary.container_id[:12],
+        summary.name or "-",
+        (summary.image if exact else render.truncate(summary.image, 40)) or "-",
+        str(summary.entries),
+        render.when(summary.first_ts, now, exact=exact),
+        render.when(summary.last_ts, now, exact=exact),
+        summary.last_action or "-",
+        (state, render.STATE_STYLES.get(state)),
+        chain_cell(summary, verified),
+    ]
 
 
 @click.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--no-trunc", is_flag=True, help="Full IDs and exact RFC 3339 times.")
+@click.option(
+    "--verify",
+    "full_verify",
+    is_flag=True,
+    help="Verify every chain in full (reads whole trails); default checks tails only.",
+)
 @click.pass_context
-def ls_command(ctx: click.Context, as_json: bool) -> None:
-    """List containers with a trail."""
-    root = app(ctx).settings().root
-    for container_id in list_container_ids(root):
-        with TrailDir(root, container_id) as trail:
-            last = trail.last_entries(1)
-        row = {"container_id": container_id, "last": last[0] if last else None}
-        click.echo(json.dumps(row) if as_json else container_id[:12])
+def ls_command(ctx: click.Context, *, as_json: bool, no_trunc: bool, full_verify: bool) -> None:
+    """List containers with a trail, most recently active first.
+
+    CHAIN says "tail ok" when the last entries link to each other (cheap; not
+    a verification), or, with --verify, "ok"/"FAILED" from a full verify.
+    """
+    context = app(ctx)
+    settings = context.settings()
+    root = settings.root
+    with Trails(root) as trails:
+        summaries = [s for i in trails.ids() for s in [trails.summary(i)] if s is not None]
+    summaries.sort(key=lambda s: (s.last_ts, s.container_id), reverse=True)
+    verdicts: dict[str, bool | None] = dict.fromkeys((s.container_id for s in summaries), None)
+    if full_verify:
+        from shieldaudit.store.verify import verify_container  # noqa: PLC0415 -- only when asked
+
+        keys = context.keys()
+        for s in summaries:
+            try:
+                report = verify_container(
+                    root, s.container_id, keys, keep_segments=settings.keep_segments
+                )
+            except ContainerNotFoundError:
+                continue  # pruned meanwhile
+            verdicts[s.container_id] = report.ok
+    if as_json:
+        import json  # noqa: PLC0415
+
+        for s in summaries:
+            row = s.as_dict()
+            if full_verify:
+                row["verified"] = verdicts[s.container_id]
+            write_json_line(json.dumps(row))
+        return
+    now = datetime.now(UTC)
+    rows = [ls_row(s, now, exact=no_trunc, verified=verdicts[s.container_id]) for s in summaries]
+    headers = (*LS_HEADERS, "VERIFY" if full_verify else "CHAIN")
+    for line in render.table(headers, rows, colour=colour_wanted(), right=frozenset({3})):
+        click.echo(line)
+
+
+def entry_filter(
+    *,
+    since: str | None,
+    until: str | None,
+    actions: Sequence[str],
+    source: str | None,
+) -> Callable[[dict[str, object]], bool]:
+    """Build the predicate of ``show``'s filters (pure); bounds are entry-format timestamps.
+
+    Entry timestamps share one fixed format, so bounds compare as strings.
+    """
+    wanted = frozenset(actions)
+
+    def keep(entry: dict[str, object]) -> bool:
+        ts = entry.get("ts")
+        text = ts if isinstance(ts, str) else ""
+        if since is not None and text < since:
+            return False
+        if until is not None and text > until:
+            return False
+        if wanted and entry.get("action") not in wanted:
+            return False
+        return source is None or entry.get("source") == source
+
+    return keep
+
+
+def time_bounds(
+    since: str | None, until: str | None, now: datetime
+) -> tuple[str | None, str | None]:
+    """Parse ``--since``/``--until`` into entry-format bounds; refuse an empty window."""
+    low = ts_bound(parse_time(since, now, what="--since")) if since is not None else None
+    high = ts_bound(parse_time(until, now, what="--until")) if until is not None else None
+    if low is not None and high is not None and low > high:
+        raise UsageError(f"--since {since!r} is after --until {until!r}: swap them")
+    return low, high
 
 
 @click.command("show")
 @click.argument("container")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, as stored.")
+@click.option(
+    "--since", metavar="T", help="Entries at or after T (RFC 3339, or an age: 10m, 2h, 7d)."
+)
+@click.option("--until", metavar="T", help="Entries at or before T (RFC 3339, or an age).")
+@click.option(
+    "--action", "actions", metavar="A", multiple=True, help="Only this action (repeatable)."
+)
+@click.option("--source", type=click.Choice(["hook", "events", "cli"]), help="Only this source.")
+@click.option("--all", "every", is_flag=True, help="Every container the name (or prefix) matches.")
+@click.option("--no-trunc", is_flag=True, help="Exact times and full details.")
 @click.pass_context
-def show_command(ctx: click.Context, container: str, as_json: bool) -> None:
-    """Show CONTAINER's trail (a name or a unique ID prefix)."""
+def show_command(
+    ctx: click.Context,
+    *,
+    container: str,
+    as_json: bool,
+    since: str | None,
+    until: str | None,
+    actions: tuple[str, ...],
+    source: str | None,
+    every: bool,
+    no_trunc: bool,
+) -> None:
+    """Show the trail of CONTAINER (a name or a unique ID prefix), oldest first.
+
+    A name given to several containers over time shows the most recent one;
+    --all shows each of them, oldest first.
+    """
     root = app(ctx).settings().root
-    container_id = resolve_container(root, container, newest_by_name=True)
-    with TrailDir(root, container_id) as trail:
-        for record in trail.records():
-            if record.entry is None:
+    low, high = time_bounds(since, until, datetime.now(UTC))
+    keep = entry_filter(since=low, until=high, actions=actions, source=source)
+    ids = resolve_all(root, container, every=every)
+    colour = False if as_json else colour_wanted()
+    unreadable = 0
+    for container_id in ids:
+        unreadable += _stream(
+            root,
+            container_id,
+            keep,
+            as_json=as_json,
+            colour=colour,
+            exact=no_trunc,
+            label=container_id[:12] if len(ids) > 1 else None,
+        )
+    if unreadable:
+        click.echo(
+            f"Note: {unreadable} line(s) could not be read as entries; run 'shieldaudit verify'",
+            err=True,
+        )
+
+
+def _stream(
+    root: os.PathLike[str] | str,
+    container_id: str,
+    keep: Callable[[dict[str, object]], bool],
+    *,
+    as_json: bool,
+    colour: bool,
+    exact: bool,
+    label: str | None,
+) -> int:
+    """Print one trail's matching entries; return how many lines were not entries."""
+    from pathlib import Path  # noqa: PLC0415
+
+    unreadable = 0
+    binary = sys.stdout.buffer
+    text = sys.stdout
+    try:
+        trail = TrailDir(Path(root), container_id)
+    except ContainerNotFoundError:
+        return 0  # pruned between resolving and reading
+    with trail:
+        segments = trail.segments()
+        for record in trail.records(segments):
+            entry = record.entry
+            if entry is None:
+                # A final line still being written is not an error.
+                if record.line.complete or record.segment is not segments[-1]:
+                    unreadable += 1
+                continue
+            if not keep(entry):
                 continue
             if as_json:
-                click.echo(json.dumps(record.entry))
+                binary.write(record.line.data + b"\n")
             else:
-                e = record.entry
-                click.echo(f"{e.get('seq')} {e.get('ts')} {e.get('source')} {e.get('action')}")
-
-
-@click.command("tail")
-@click.pass_context
-def tail_command(ctx: click.Context) -> None:
-    """Show the last entries of all containers."""
-    app(ctx)
-    raise click.UsageError("tail is not implemented yet")
+                text.write(render.entry_line(entry, exact=exact, colour=colour, label=label) + "\n")
+    return unreadable

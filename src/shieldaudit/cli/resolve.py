@@ -1,69 +1,95 @@
-"""Turning what a person types (a name or an ID prefix) into one container ID."""
+"""Turning what a person types (a name or an ID prefix) into container IDs.
+
+Order, as in ``podman``: the full ID; then a unique ID prefix (queries made
+only of hex digits); then a name. A name used by several containers over time
+(``podman run --name web`` again after ``rm``) means the most recent of them,
+unless every one is asked for. A name made only of hex digits that is also an
+ID prefix is taken as the prefix: give the ID instead.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
+from shieldaudit.cli.trails import Trails
 from shieldaudit.errors import AmbiguousContainerError, ContainerNotFoundError, UsageError
-from shieldaudit.store.reader import TrailDir, list_container_ids
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-_HEX = frozenset("0123456789abcdef")
+    from shieldaudit.summary import Summary
+
+_HEX: Final = frozenset("0123456789abcdef")
+#: Candidates listed in an "ambiguous" message.
+LISTED: Final = 10
 
 
-def _names(root: Path, container_id: str) -> tuple[str, str]:
-    """Return (latest name, latest ts) recorded in a trail, reading only its tail."""
-    try:
-        with TrailDir(root, container_id) as trail:
-            for entry in reversed(trail.last_entries(16)):
-                name = entry.get("container")
-                if isinstance(name, str) and name:
-                    return name, str(entry.get("ts") or "")
-    except ContainerNotFoundError:
-        pass
-    return "", ""
+def _newest_first(summaries: list[Summary]) -> list[Summary]:
+    return sorted(summaries, key=lambda s: (s.last_ts, s.container_id), reverse=True)
 
 
-def candidates(root: Path, query: str) -> list[str]:
-    """Return the IDs whose full ID starts with ``query`` or whose latest name is ``query``."""
-    ids = list_container_ids(root)
-    if query in ids:
-        return [query]
+def _describe(summaries: list[Summary]) -> str:
+    shown = [
+        f"{s.container_id[:12]}" + (f" ({s.name})" if s.name else "") for s in summaries[:LISTED]
+    ]
+    more = f" and {len(summaries) - LISTED} more" if len(summaries) > LISTED else ""
+    return ", ".join(shown) + more
+
+
+def matches(trails: Trails, query: str) -> tuple[str, list[Summary]]:
+    """Return how ``query`` matched (``id``, ``prefix``, ``name``, ``none``) and what, newest first.
+
+    Reads the tail of every trail only when a name must be looked up.
+    """
+    ids = trails.ids()
     lowered = query.lower()
-    matches = []
-    if lowered and _HEX.issuperset(lowered):
-        matches = [i for i in ids if i.startswith(lowered)]
-    if matches:
-        return matches
-    named = [(ts, i) for i in ids for name, ts in [_names(root, i)] if name == query]
-    named.sort(reverse=True)
-    return [i for _, i in named]
+    if lowered in ids:
+        found = trails.summary(lowered)
+        return ("id", [found]) if found is not None else ("none", [])
+    if _HEX.issuperset(lowered):
+        prefixed = [s for i in ids if i.startswith(lowered) for s in [trails.summary(i)] if s]
+        if prefixed:
+            return "prefix", _newest_first(prefixed)
+    named = [s for i in ids for s in [trails.summary(i)] if s is not None and s.name == query]
+    return ("name", _newest_first(named)) if named else ("none", [])
 
 
-def resolve_container(root: Path, query: str, *, newest_by_name: bool = False) -> str:
-    """Return the one container ID ``query`` names.
+def resolve_all(root: Path, query: str, *, every: bool = False) -> list[str]:
+    """Return the container IDs ``query`` names, oldest first.
+
+    With ``every`` False: exactly one ID (the newest for a reused name). With
+    ``every`` True: each container the name was given to, or each one an ID
+    prefix matches.
 
     Raises:
+        UsageError: an empty query (exit 2).
         ContainerNotFoundError: nothing matches (exit 2).
-        AmbiguousContainerError: an ID prefix matches several trails (exit 2),
-            or a name matches several and ``newest_by_name`` is False.
+        AmbiguousContainerError: an ID prefix matches several trails (exit 2);
+            the message lists them.
     """
     if not query:
-        raise UsageError("empty container name or ID")
-    found = candidates(root, query)
+        raise UsageError("empty container name or ID: give a name or an ID prefix")
+    with Trails(root) as trails:
+        kind, found = matches(trails, query)
     if not found:
         raise ContainerNotFoundError(
             f"no trail matches {query!r}: give a container name or ID prefix "
             "('shieldaudit ls' lists them)",
         )
-    if len(found) > 1:
-        is_prefix = found[0].startswith(query.lower())
-        if newest_by_name and not is_prefix:
-            return found[0]
-        listed = ", ".join(i[:12] for i in found[:10]) + (" …" if len(found) > 10 else "")
+    if every:
+        return [s.container_id for s in reversed(found)]
+    if kind == "prefix" and len(found) > 1:
         raise AmbiguousContainerError(
-            f"{query!r} matches {len(found)} containers: {listed}; give more of the ID",
+            f"{query!r} matches {len(found)} containers: {_describe(found)}; "
+            "give more of the ID (or --all where offered)",
         )
-    return found[0]
+    return [found[0].container_id]
+
+
+def resolve_container(root: Path, query: str) -> str:
+    """Return the one container ID ``query`` names (the newest for a reused name).
+
+    Raises:
+        UsageError: see :func:`resolve_all`.
+    """
+    return resolve_all(root, query)[0]

@@ -8,8 +8,8 @@ import click
 
 from shieldaudit.cli.context import app
 from shieldaudit.cli.resolve import resolve_container
-from shieldaudit.errors import EXIT_FAILURE
-from shieldaudit.store.reader import list_container_ids
+from shieldaudit.cli.trails import Trails
+from shieldaudit.errors import EXIT_FAILURE, ContainerNotFoundError
 from shieldaudit.store.verify import Report, verify_container
 
 
@@ -21,16 +21,29 @@ def verify_command(ctx: click.Context, container: str | None, as_json: bool) -> 
     """Verify the hash chain of every trail (or of CONTAINER).
 
     Prints one line per problem (container, segment, seq, what is wrong) and a
-    summary; exits 1 if any chain does not hold.
+    summary; exits 1 if any chain does not hold. CONTAINER is a name (the most
+    recent container to bear it) or a unique ID prefix. Notes (history
+    shortened by retention, a torn final line) go to stderr.
     """
     context = app(ctx)
     settings = context.settings()
     keys = context.keys()
     root = settings.root
-    ids = [resolve_container(root, container)] if container else list_container_ids(root)
+    if container:
+        ids = [resolve_container(root, container)]
+    else:
+        with Trails(root) as trails:
+            ids = trails.ids()
     reports: list[Report] = []
     for container_id in ids:
-        report = verify_container(root, container_id, keys, keep_segments=settings.keep_segments)
+        try:
+            report = verify_container(
+                root, container_id, keys, keep_segments=settings.keep_segments
+            )
+        except ContainerNotFoundError:
+            if container:
+                raise
+            continue  # pruned while we were verifying the others
         reports.append(report)
         if as_json:
             click.echo(json.dumps(_as_dict(report)))

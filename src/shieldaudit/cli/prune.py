@@ -1,0 +1,209 @@
+"""``shieldaudit prune --older-than AGE``: remove whole trails of containers that are gone.
+
+A trail is removed only when all of these hold (:func:`keep_reason` decides):
+its lifecycle ended (the trail says ``exited`` or ``removed``), its last entry
+is older than AGE, and its active segment was not modified in the last
+:data:`SETTLE_S` seconds. The decision is taken again under the container's
+lock, which is held while the files are deleted, so no writer appends to a
+trail being removed. Files are unlinked relative to the trail's directory
+descriptor (``unlink`` never follows a symlink); then the directory, its lock
+file and any torn fragments set aside for it go.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import click
+
+from shieldaudit.cli import render
+from shieldaudit.cli.context import app
+from shieldaudit.cli.timeargs import parse_age, ts_bound
+from shieldaudit.cli.trails import Trails
+from shieldaudit.errors import EXIT_FAILURE, LockTimeoutError, ShieldAuditError, StorageError
+from shieldaudit.store import layout
+from shieldaudit.summary import ENDED
+
+if TYPE_CHECKING:
+    from shieldaudit.summary import Summary
+
+#: A trail whose active segment changed this recently is left alone, whatever it says.
+SETTLE_S: Final = 10.0
+
+
+def keep_reason(summary: Summary, cutoff: str, *, settling: bool) -> str | None:
+    """Return why a trail must be kept, or None when it may be removed (pure).
+
+    Args:
+        summary: what the trail's head and tail say.
+        cutoff: entry-format timestamp; entries at or after it are too recent.
+        settling: the active segment was modified within :data:`SETTLE_S`.
+    """
+    if summary.state not in ENDED:
+        return f"lifecycle not ended ({summary.state})"
+    if not summary.last_ts or summary.last_ts >= cutoff:
+        return "last entry too recent"
+    if settling:
+        return "written to just now"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What prune did with one trail."""
+
+    summary: Summary
+    removed: bool
+    reason: str  # why kept, or what was removed
+
+
+def _settling(trails: Trails, container_id: str, now: float) -> bool:
+    try:
+        st = os.stat(f"{container_id}/{layout.ACTIVE}", dir_fd=trails.fd, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return now - st.st_mtime < SETTLE_S
+
+
+def _remove_trail(trails: Trails, container_id: str) -> int:
+    """Delete a trail directory's files and the directory; return how many files went."""
+    dir_fd = trails.open_dir(container_id)
+    shown = layout.trail_dir(trails.root, container_id)
+    try:
+        names = os.listdir(dir_fd)  # noqa: PTH208 -- a descriptor, not a path
+        for name in names:
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except IsADirectoryError:
+                raise StorageError(
+                    f"{shown / name} is a directory, not a trail file: remove it by hand"
+                ) from None
+        layout.fsync_dir(dir_fd)
+    finally:
+        os.close(dir_fd)
+    os.rmdir(container_id, dir_fd=trails.fd)
+    layout.fsync_dir(trails.fd)
+    return len(names)
+
+
+def _remove_state(trails: Trails, container_id: str) -> None:
+    """Remove the lock file and set-aside torn fragments of a removed trail (best effort)."""
+    lock_name = f"{container_id}.lock"
+    for sub, prefix in ((layout.LOCKS_DIR, lock_name), (layout.TORN_DIR, f"{container_id}-")):
+        try:
+            state_fd = layout.open_subdir(
+                trails.root_fd, layout.STATE_DIR, trails.root / layout.STATE_DIR, create=False
+            )
+        except FileNotFoundError:
+            return
+        try:
+            fd = layout.open_subdir(
+                state_fd, sub, trails.root / layout.STATE_DIR / sub, create=False
+            )
+        except FileNotFoundError:
+            continue
+        finally:
+            os.close(state_fd)
+        try:
+            for name in os.listdir(fd):  # noqa: PTH208 -- a descriptor, not a path
+                if name == lock_name if sub == layout.LOCKS_DIR else name.startswith(prefix):
+                    os.unlink(name, dir_fd=fd)
+        finally:
+            os.close(fd)
+
+
+def prune(
+    trails: Trails,
+    cutoff: str,
+    *,
+    dry_run: bool,
+    now: float,
+    lock_timeout: float = layout.LOCK_TIMEOUT_S,
+) -> tuple[list[Outcome], list[str]]:
+    """Remove every trail that may go; return the outcomes and the errors met."""
+    outcomes: list[Outcome] = []
+    errors: list[str] = []
+    for container_id in trails.ids():
+        summary = trails.summary(container_id)
+        if summary is None:
+            continue
+        reason = keep_reason(summary, cutoff, settling=_settling(trails, container_id, now))
+        if reason is not None or dry_run:
+            outcomes.append(Outcome(summary, removed=False, reason=reason or "would remove"))
+            continue
+        try:
+            with layout.Lock(trails.root_fd, container_id, trails.root, timeout=lock_timeout):
+                # Decide again: a writer may have appended between the first look and the lock.
+                summary = trails.summary(container_id)
+                if summary is None:
+                    continue
+                reason = keep_reason(summary, cutoff, settling=_settling(trails, container_id, now))
+                if reason is not None:
+                    outcomes.append(Outcome(summary, removed=False, reason=reason))
+                    continue
+                files = _remove_trail(trails, container_id)
+                # Unlinked while held, so a writer waiting on this lock file starts afresh.
+                _remove_state(trails, container_id)
+        except LockTimeoutError as exc:
+            errors.append(f"{container_id[:12]}: kept: {exc.message}")
+            continue
+        except (ShieldAuditError, OSError) as exc:
+            message = exc.message if isinstance(exc, ShieldAuditError) else str(exc)
+            errors.append(f"{container_id[:12]}: could not remove: {message}")
+            continue
+        outcomes.append(Outcome(summary, removed=True, reason=f"{files} file(s)"))
+    return outcomes, errors
+
+
+@click.command("prune")
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    metavar="AGE",
+    help="Remove trails whose last entry is older than AGE (30s, 10m, 2h, 7d, 1w).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per removed trail.")
+@click.pass_context
+def prune_command(ctx: click.Context, *, older_than: str, dry_run: bool, as_json: bool) -> None:
+    """Remove the trails of containers that ended more than AGE ago.
+
+    Only trails whose lifecycle ended (exited or removed) are touched; a
+    running, created or unknown container's trail is always kept.
+    """
+    age = parse_age(older_than, what="--older-than")
+    root = app(ctx).settings().root
+    now = time.time()
+    moment = datetime.fromtimestamp(now, UTC)
+    cutoff = ts_bound(moment - age)
+    with Trails(Path(root)) as trails:
+        outcomes, errors = prune(trails, cutoff, dry_run=dry_run, now=now)
+    chosen = [o for o in outcomes if o.removed or o.reason == "would remove"]
+    verb = "would remove" if dry_run else "removed"
+    for outcome in chosen:
+        s = outcome.summary
+        if as_json:
+            row: dict[str, object] = {"container_id": s.container_id, "name": s.name}
+            row |= {"action": verb, "state": str(s.state), "last_ts": s.last_ts}
+            row["entries"] = s.entries
+            click.echo(json.dumps(row))
+        else:
+            last = render.when(s.last_ts, moment, exact=False)
+            click.echo(
+                f"{verb} {s.container_id[:12]} {render.printable(s.name) or '-'} "
+                f"({s.state}, {s.entries} entries, last entry {last})"
+            )
+    for error in errors:
+        click.echo(f"Error: {error}", err=True)
+    if not as_json:
+        kept = len(outcomes) - len(chosen)
+        click.echo(f"{verb.capitalize()} {len(chosen)} trail(s); kept {kept}.")
+    if errors:
+        ctx.exit(EXIT_FAILURE)

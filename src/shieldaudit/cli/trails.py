@@ -1,0 +1,214 @@
+"""Cheap reads of trails for the CLI: a trail's first entry and its last lines.
+
+``ls``, name resolution and ``prune`` look at thousands of trails, so each
+costs a directory listing and two small ``pread`` calls (the head of the
+oldest segment, the end of the newest), whatever the trail's size. Every open
+is relative to a directory descriptor with ``O_NOFOLLOW`` (:mod:`.store.layout`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Self
+
+from shieldaudit.errors import StorageError
+from shieldaudit.store import chain, layout
+from shieldaudit.store.reader import MAX_LINE_BYTES
+from shieldaudit.summary import Summary, summarise
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+#: Entries read from a trail's end for ``ls``: enough to find the latest name
+#: and lifecycle action and to check a few chain links.
+TAIL_ENTRIES: Final = 8
+_HEAD_CHUNK: Final = 4096
+_TAIL_CHUNK: Final = 8192
+
+
+class Trails:
+    """The ``containers/`` directory of a root, opened once (a context manager).
+
+    A root or ``containers/`` directory that does not exist yet is simply empty:
+    nothing has been recorded.
+    """
+
+    def __init__(self, root: Path) -> None:
+        """Open the root (refusing an unsafe one) and its ``containers/`` directory."""
+        self.root = root
+        self.root_fd = -1
+        self.fd = -1
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self.root_fd = layout.open_root(self.root, create=False)
+        except StorageError:
+            if os.path.lexists(self.root):
+                raise
+            return
+        try:
+            self.fd = layout.open_subdir(
+                self.root_fd, layout.CONTAINERS_DIR, layout.containers_path(self.root), create=False
+            )
+        except FileNotFoundError:
+            self.fd = -1
+
+    def reopen(self) -> bool:
+        """Try again to open a root or ``containers/`` that did not exist; return whether open."""
+        if self.fd < 0:
+            self.close()
+            self._open()
+        return self.fd >= 0
+
+    def close(self) -> None:
+        """Close the descriptors."""
+        for fd in (self.fd, self.root_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.root_fd = -1
+
+    def __enter__(self) -> Self:
+        """Use as a context manager."""
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Close on exit."""
+        self.close()
+
+    def ids(self) -> list[str]:
+        """Return the container IDs with a trail directory, sorted."""
+        if self.fd < 0:
+            return []
+        return sorted(n for n in os.listdir(self.fd) if layout.is_container_id(n))  # noqa: PTH208 -- a descriptor
+
+    def open_dir(self, container_id: str) -> int:
+        """Open one trail directory (no symlinks); raise FileNotFoundError when gone."""
+        if self.fd < 0:
+            raise FileNotFoundError(container_id)
+        return layout.open_subdir(
+            self.fd,
+            layout.check_container_id(container_id),
+            layout.trail_dir(self.root, container_id),
+            create=False,
+        )
+
+    def summary(self, container_id: str, tail: int = TAIL_ENTRIES) -> Summary | None:
+        """Summarise one trail from its head and tail; None when it vanished meanwhile."""
+        try:
+            dir_fd = self.open_dir(container_id)
+        except FileNotFoundError:
+            return None
+        try:
+            names = segment_names(dir_fd)
+            first = _first_entry(dir_fd, names)
+            lines = tail_lines(dir_fd, names, tail)
+        finally:
+            os.close(dir_fd)
+        return summarise(container_id, first, lines, len(names))
+
+
+def segment_names(dir_fd: int) -> list[str]:
+    """Return a trail directory's segment file names, oldest first, the active one last."""
+    listing = os.listdir(dir_fd)
+    numbers = sorted(n for n in map(layout.segment_number, listing) if n is not None)
+    names = [layout.segment_name(n) for n in numbers]
+    if layout.ACTIVE in listing:
+        names.append(layout.ACTIVE)
+    return names
+
+
+def _open(dir_fd: int, name: str) -> int | None:
+    try:
+        return layout.open_regular(dir_fd, name, os.O_RDONLY, Path(name))
+    except FileNotFoundError:
+        return None  # removed by retention or prune since the listing
+
+
+def _first_entry(dir_fd: int, names: list[str]) -> dict[str, object] | None:
+    """Return the first valid entry of the oldest segment that has one."""
+    for name in names:
+        fd = _open(dir_fd, name)
+        if fd is None:
+            continue
+        try:
+            for line in _head_lines(fd):
+                with contextlib.suppress(ValueError):
+                    return chain.parse_line(line)
+        finally:
+            os.close(fd)
+    return None
+
+
+def _head_lines(fd: int) -> Iterator[bytes]:
+    """Yield complete lines from the start of a file, reading small chunks."""
+    pos = 0
+    buf = b""
+    while pos < MAX_LINE_BYTES * 2:
+        chunk = os.pread(fd, _HEAD_CHUNK if pos == 0 else 65536, pos)
+        if not chunk:
+            return
+        pos += len(chunk)
+        buf += chunk
+        *complete, buf = buf.split(b"\n")
+        yield from (line for line in complete if line)
+
+
+def tail_lines(
+    dir_fd: int, names: list[str], count: int, *, active_end: int | None = None
+) -> list[bytes]:
+    """Return up to ``count`` last complete lines of the trail, oldest first.
+
+    Reads the newest segment backwards in small chunks, going to older
+    segments only when the newer ones hold too few lines (just after a rotation).
+    An incomplete last line (a write in progress or a torn tail) is left out.
+    ``active_end`` bounds what is read of the active segment (a snapshot).
+    """
+    found: list[bytes] = []
+    for name in reversed(names):
+        fd = _open(dir_fd, name)
+        if fd is None:
+            continue
+        try:
+            end = active_end if name == layout.ACTIVE else None
+            found[:0] = _last_lines(fd, count - len(found), end)
+        finally:
+            os.close(fd)
+        if len(found) >= count:
+            break
+    return found
+
+
+def _last_lines(fd: int, count: int, end: int | None = None) -> list[bytes]:
+    if end is None:
+        end = complete_end(fd, os.fstat(fd).st_size)
+    pos = end
+    carry = b""
+    lines: list[bytes] = []
+    step = _TAIL_CHUNK
+    while pos > 0 and len(lines) < count:
+        step = min(step, pos)
+        pos -= step
+        parts = (os.pread(fd, step, pos) + carry).split(b"\n")
+        carry = parts[0]  # may continue before ``pos``: completed by the next chunk
+        lines[:0] = [p for p in parts[1:] if p]
+        if len(carry) > MAX_LINE_BYTES:
+            carry = b""  # an oversized line is no entry; do not hold it
+        step = 65536
+    if pos == 0 and carry and len(lines) < count:
+        lines.insert(0, carry)
+    return lines[-count:] if count > 0 else []
+
+
+def complete_end(fd: int, size: int) -> int:
+    """Return the offset just after the last newline (0 when there is none)."""
+    pos = size
+    while pos > 0:
+        step = min(_TAIL_CHUNK, pos)
+        pos -= step
+        nl = os.pread(fd, step, pos).rfind(b"\n")
+        if nl >= 0:
+            return pos + nl + 1
+    return 0
