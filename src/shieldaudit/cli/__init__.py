@@ -93,7 +93,9 @@ def run(  # noqa: PLR0911 -- one return per outcome, in the one place errors are
     """Run the CLI and return the exit status; the one place errors are shown."""
     try:
         try:
-            cli.main(args=list(argv) if argv is not None else None, standalone_mode=False, **extra)
+            result = cli.main(
+                args=list(argv) if argv is not None else None, standalone_mode=False, **extra
+            )
         except click.exceptions.Exit as exc:
             return exc.exit_code
         except click.ClickException as exc:
@@ -108,7 +110,8 @@ def run(  # noqa: PLR0911 -- one return per outcome, in the one place errors are
         except KeyboardInterrupt:
             return 130
         else:
-            return 0
+            # Without standalone mode, click returns ctx.exit(N)'s code instead of raising.
+            return result if isinstance(result, int) else 0
     except BrokenPipeError:
         _silence_stdout()
         return 0
