@@ -208,6 +208,7 @@ def show_command(
             exact=no_trunc,
             label=container_id[:12] if len(ids) > 1 else None,
         )
+    sys.stdout.flush()
     if unreadable:
         click.echo(
             f"Note: {unreadable} line(s) could not be read as entries; run 'shieldaudit verify'",

@@ -1,0 +1,83 @@
+"""Shared helpers for CLI tests: trails with known content and an in-process ``shieldaudit`` run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from click.testing import CliRunner
+
+from shieldaudit.cli import run
+from shieldaudit.settings import StoreSettings
+from shieldaudit.store.writer import TrailWriter
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from pathlib import Path
+
+#: 2026-11-22T10:00:00Z in ns: trails written by these helpers start here.
+T0 = 1_795_341_600 * 1_000_000_000
+SECOND = 1_000_000_000
+
+
+def cid(char: str) -> str:
+    """Return a container ID made of one repeated hex character."""
+    return char * 64
+
+
+def store(root: Path, **overrides: object) -> StoreSettings:
+    """Store settings for tests (fsync off; overrides win)."""
+    values: dict[str, object] = {"root": root, "fsync": "never", "max_segment_bytes": 1 << 20}
+    values.update(overrides)
+    return StoreSettings(**values)  # type: ignore[arg-type]
+
+
+def write_trail(
+    root: Path,
+    container_id: str,
+    actions: Iterable[str],
+    *,
+    name: str = "",
+    image: str = "",
+    start_ns: int = T0,
+    step_ns: int = SECOND,
+    source: str = "events",
+    **overrides: object,
+) -> int:
+    """Append one entry per action, ``step_ns`` apart from ``start_ns``; return the next time."""
+    clock_ns = start_ns
+    with TrailWriter(store(root, **overrides)) as writer:
+        for action in actions:
+            fields = {"source": source, "action": action, "container": name, "image": image}
+            writer.append(container_id, fields | {"ts": _ts(clock_ns)})
+            clock_ns += step_ns
+    return clock_ns
+
+
+def _ts(ns: int) -> str:
+    from shieldaudit.timefmt import format_ns  # noqa: PLC0415
+
+    return format_ns(ns)
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one in-process CLI run."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def lines(self) -> list[str]:
+        """Stdout split into lines."""
+        return self.out.splitlines()
+
+
+def invoke(root: Path, *args: str, env: Mapping[str, str] | None = None) -> Result:
+    """Run ``shieldaudit --root ROOT ARGS`` in-process through the real error display."""
+    runner = CliRunner()
+    base: dict[str, str | None] = {"SHIELDAUDIT_CONFIG": None, "SHIELDAUDIT_ROOT": None}
+    with runner.isolation(env={**base, **(env or {})}) as (out, err, _):
+        code = run(["--root", str(root), *args])
+    return Result(code, out.getvalue().decode(), err.getvalue().decode())

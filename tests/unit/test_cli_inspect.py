@@ -1,0 +1,267 @@
+"""``ls``, ``show`` and ``verify`` through the real CLI entry point (in-process)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from cli_helpers import SECOND, T0, cid, invoke, write_trail
+from shieldaudit.timefmt import format_ns
+
+WEB_OLD = cid("a")
+WEB_NEW = cid("b")
+DB = cid("c")
+AMBIG = "ab" + "0" * 62
+
+
+@pytest.fixture
+def root(tmp_path):
+    """A root with three containers: 'web' used twice over time, and 'db' still running."""
+    root = tmp_path / "root"
+    write_trail(
+        root,
+        WEB_OLD,
+        ["create", "init", "start", "died", "remove"],
+        name="web",
+        image="img:1",
+        start_ns=T0,
+    )
+    write_trail(root, DB, ["create", "start"], name="db", image="pg:16", start_ns=T0 + 20 * SECOND)
+    write_trail(
+        root,
+        WEB_NEW,
+        ["create", "start", "died"],
+        name="web",
+        image="img:2",
+        start_ns=T0 + 100 * SECOND,
+    )
+    return root
+
+
+def test_ls_table_has_one_aligned_row_per_container_newest_first(root):
+    """`ls` prints a header and one aligned row per container, most recent activity first."""
+    result = invoke(root, "ls")
+    assert result.code == 0
+    header, *rows = result.lines
+    assert header.split()[:3] == ["CONTAINER", "ID", "NAME"]
+    assert [r.split()[0] for r in rows] == [WEB_NEW[:12], DB[:12], WEB_OLD[:12]]
+    state_col = header.index("STATE")
+    assert [r[state_col:].split()[0] for r in rows] == ["exited", "running", "removed"]
+    assert all("tail ok" in r for r in rows)
+    assert "\x1b[" not in result.out  # not a terminal: no colour
+
+
+def test_ls_json_gives_every_field_per_line(root):
+    """`ls --json` prints one object per container with state, counts, times and the tail check."""
+    result = invoke(root, "ls", "--json")
+    rows = [json.loads(line) for line in result.lines]
+    by_id = {r["container_id"]: r for r in rows}
+    old = by_id[WEB_OLD]
+    assert old["name"] == "web"
+    assert old["image"] == "img:1"
+    assert old["entries"] == 5
+    assert old["state"] == "removed"
+    assert old["last_action"] == "remove"
+    assert old["first_ts"] == format_ns(T0)
+    assert old["last_ts"] == format_ns(T0 + 4 * SECOND)
+    assert old["tail_ok"] is True
+    assert by_id[DB]["state"] == "running"
+
+
+def test_ls_no_trunc_shows_full_ids_and_exact_times(root):
+    """--no-trunc gives 64-hex IDs and RFC 3339 times instead of '… ago'."""
+    result = invoke(root, "ls", "--no-trunc")
+    assert WEB_OLD in result.out
+    assert format_ns(T0) in result.out
+    assert "ago" not in result.out
+
+
+def test_ls_human_times_are_relative(root):
+    """Without --no-trunc, times read like podman ps ('… ago')."""
+    assert "ago" in invoke(root, "ls").out
+
+
+def test_ls_flags_a_broken_tail_and_verify_column_reports_full_check(root):
+    """A tampered last entry shows BROKEN cheaply; ls --verify runs the full check (FAILED)."""
+    path = root / "containers" / DB / "audit.jsonl"
+    data = path.read_bytes().replace(b'"action":"start"', b'"action":"stop!"')
+    path.write_bytes(data)
+    assert "BROKEN" in invoke(root, "ls").out
+    full = invoke(root, "ls", "--verify")
+    assert "VERIFY" in full.lines[0]
+    assert "FAILED" in full.out
+    rows = [json.loads(x) for x in invoke(root, "ls", "--json", "--verify").lines]
+    assert {r["container_id"]: r["verified"] for r in rows}[DB] is False
+
+
+def test_ls_on_a_root_with_nothing_recorded_prints_only_the_header(tmp_path):
+    """A root that does not exist yet is an empty listing, not an error."""
+    result = invoke(tmp_path / "none", "ls")
+    assert result.code == 0
+    assert len(result.lines) == 1
+    assert invoke(tmp_path / "none", "ls", "--json").out == ""
+
+
+def test_ls_refuses_a_world_writable_root(tmp_path):
+    """An unsafe root is one Error line and exit 1, not a traceback."""
+    root = tmp_path / "root"
+    root.mkdir()
+    os.chmod(root, 0o777)  # noqa: S103 -- the point of the test
+    result = invoke(root, "ls")
+    assert result.code == 1
+    assert result.err.startswith("Error: trail root")
+    assert len(result.err.splitlines()) == 1
+
+
+def test_show_by_reused_name_shows_the_most_recent_container(root):
+    """A name given to two containers over time means the newer one."""
+    result = invoke(root, "show", "web", "--json")
+    entries = [json.loads(line) for line in result.lines]
+    assert {e["container_id"] for e in entries} == {WEB_NEW}
+    assert [e["seq"] for e in entries] == [1, 2, 3]
+
+
+def test_show_all_shows_every_container_that_had_the_name_oldest_first(root):
+    """--all shows each container the name was given to, oldest first, labelled by short ID."""
+    result = invoke(root, "show", "web", "--all")
+    assert result.code == 0
+    assert len(result.lines) == 8
+    assert result.lines[0].split()[1] == WEB_OLD[:12]
+    assert result.lines[-1].split()[1] == WEB_NEW[:12]
+
+
+def test_show_by_unique_prefix_and_json_lines_are_stored_bytes(root):
+    """A unique ID prefix works; --json prints the stored lines exactly."""
+    result = invoke(root, "show", DB[:5], "--json")
+    stored = (root / "containers" / DB / "audit.jsonl").read_text().splitlines()
+    assert result.lines == stored
+
+
+def test_show_ambiguous_prefix_exits_2_listing_candidates(tmp_path):
+    """An ID prefix matching two trails: exit 2, one Error line naming both candidates."""
+    root = tmp_path / "root"
+    write_trail(root, cid("a"), ["create"], name="one")
+    write_trail(root, AMBIG, ["create"], name="two")
+    result = invoke(root, "show", "a")
+    assert result.code == 2
+    assert result.out == ""
+    (line,) = result.err.splitlines()
+    assert line.startswith("Error: 'a' matches 2 containers")
+    assert f"{cid('a')[:12]} (one)" in line
+    assert f"{AMBIG[:12]} (two)" in line
+
+
+def test_show_all_with_an_ambiguous_prefix_shows_every_match(tmp_path):
+    """--all turns an ambiguous prefix into 'each of them'."""
+    root = tmp_path / "root"
+    write_trail(root, cid("a"), ["create"], name="one")
+    write_trail(root, AMBIG, ["create"], name="two", start_ns=T0 + SECOND)
+    result = invoke(root, "show", "a", "--all", "--json")
+    assert [json.loads(x)["container_id"] for x in result.lines] == [cid("a"), AMBIG]
+
+
+@pytest.mark.parametrize("query", ["nope", "0123", "WEBX", ""])
+def test_show_unknown_container_exits_2(root, query):
+    """Nothing matching (or an empty query) is exit 2 with one Error line."""
+    result = invoke(root, "show", query)
+    assert result.code == 2
+    assert result.err.startswith("Error: ")
+    assert len(result.err.splitlines()) == 1
+
+
+def test_show_full_id_in_upper_case_is_accepted(root):
+    """IDs are matched case-insensitively, as people paste them."""
+    assert invoke(root, "show", DB.upper(), "--json").code == 0
+
+
+def test_show_filters_by_action_source_and_time(root):
+    """--action (repeatable), --source, --since and --until narrow the entries."""
+
+    def seqs(*args):
+        return [json.loads(x)["seq"] for x in invoke(root, "show", DB[:8], "--json", *args).lines]
+
+    assert seqs("--action", "start") == [2]
+    assert seqs("--action", "start", "--action", "create") == [1, 2]
+    assert seqs("--source", "hook") == []
+    assert seqs("--source", "events") == [1, 2]
+    assert seqs("--since", format_ns(T0 + 21 * SECOND)) == [2]
+    assert seqs("--until", "2026-11-22T10:00:20.5Z") == [1]
+    assert seqs("--since", "2026-11-22T11:00:00+01:00", "--until", "2026-11-22T10:00:20Z") == [1]
+    assert seqs("--since", "1h") == []  # written in the past (2026-11-22), relative to now
+    assert seqs("--until", "1h") == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--since", "yesterday"], "invalid --since 'yesterday'"),
+        (["--until", "10x"], "invalid --until '10x'"),
+        (["--since", "1m", "--until", "1h"], "is after --until"),
+    ],
+)
+def test_show_bad_times_exit_2_with_one_error_line(root, args, needle):
+    """A time that is neither RFC 3339 nor an age, or an empty window, is a usage error."""
+    result = invoke(root, "show", "db", *args)
+    assert result.code == 2
+    (line,) = result.err.splitlines()
+    assert line.startswith("Error: ")
+    assert needle in line
+
+
+def test_show_human_lines_escape_control_characters(tmp_path):
+    """A hostile detail cannot send escape sequences to the terminal."""
+    root = tmp_path / "root"
+    write_trail(root, cid("d"), ["create"], name="evil\x1b[2J")
+    result = invoke(root, "show", cid("d")[:4])
+    assert "\x1b" not in result.out
+    assert "create" in result.out
+
+
+def test_show_reads_across_segments_and_reports_unreadable_lines(tmp_path):
+    """Entries come in seq order across rotations; a garbage line is counted on stderr, skipped."""
+    root = tmp_path / "root"
+    write_trail(root, cid("e"), [f"a{i}" for i in range(30)], max_segment_bytes=1500)
+    trail = root / "containers" / cid("e")
+    assert len(list(trail.glob("audit-*.jsonl"))) > 3
+    with (trail / "audit-000002.jsonl").open("ab") as f:
+        f.write(b"not json\n")
+    result = invoke(root, "show", "eee", "--json")
+    assert [json.loads(x)["seq"] for x in result.lines] == list(range(1, 31))
+    assert "1 line(s) could not be read" in result.err
+
+
+def test_show_ignores_a_final_line_still_being_written(tmp_path):
+    """An incomplete last line of the active segment is not an entry and not an error."""
+    root = tmp_path / "root"
+    write_trail(root, cid("f"), ["create"])
+    with (root / "containers" / cid("f") / "audit.jsonl").open("ab") as f:
+        f.write(b'{"seq":2,"ts"')
+    result = invoke(root, "show", "fff")
+    assert len(result.lines) == 1
+    assert result.err == ""
+
+
+def test_verify_ok_then_tampered_exits_1_with_problem_lines(root):
+    """verify: exit 0 and an OK summary; after an edit, exit 1 with container/segment/seq lines."""
+    ok = invoke(root, "verify")
+    assert ok.code == 0
+    assert ok.lines[-1].startswith("OK: 3 container(s), 10 entries")
+    path = root / "containers" / WEB_OLD / "audit.jsonl"
+    path.write_bytes(path.read_bytes().replace(b'"action":"died"', b'"action":"oops"'))
+    bad = invoke(root, "verify")
+    assert bad.code == 1
+    assert bad.lines[0].startswith(f"{WEB_OLD[:12]} audit.jsonl seq 4: entry modified")
+    assert bad.lines[-1].startswith("FAILED: 3 container(s)")
+    one = invoke(root, "verify", "db")
+    assert one.code == 0
+    rows = [json.loads(x) for x in invoke(root, "verify", "--json").lines]
+    assert {r["container_id"]: r["ok"] for r in rows} == {WEB_OLD: False, WEB_NEW: True, DB: True}
+
+
+def test_verify_unknown_container_exits_2(root):
+    """`verify NAME` that matches nothing is a usage error (exit 2)."""
+    result = invoke(root, "verify", "ghost")
+    assert result.code == 2
+    assert result.err.startswith("Error: no trail matches 'ghost'")
