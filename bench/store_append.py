@@ -85,12 +85,17 @@ def main() -> None:
         never = []
         always = []
         bare = []
-        for _ in range(args.runs):
-            rate, size = store_rate(base, args.entries, "never")
-            never.append(rate)
-            rate, size = store_rate(base, args.fsync_entries, "always")
-            always.append(rate)
-            bare.append(bare_rate(base, args.fsync_entries, size))
+        size = store_rate(base, 10, "never")[1]
+        for run in range(args.runs):
+            never.append(store_rate(base, args.entries, "never")[0])
+            # Alternate which of the pair goes first, so neither always runs on a
+            # disk the other has just warmed up or left busy flushing.
+            if run % 2:
+                bare.append(bare_rate(base, args.fsync_entries, size))
+                always.append(store_rate(base, args.fsync_entries, "always")[0])
+            else:
+                always.append(store_rate(base, args.fsync_entries, "always")[0])
+                bare.append(bare_rate(base, args.fsync_entries, size))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     ratios = [a / b for a, b in zip(always, bare, strict=True)]

@@ -250,7 +250,6 @@ class TrailWriter:
     def _append_locked(
         self, handle: _Handle, container_id: str, fields: Mapping[str, object]
     ) -> Written:
-        shown = layout.trail_dir(self._root, container_id) / layout.ACTIVE
         fd = self._active(handle, container_id)
         size = os.fstat(fd).st_size
         torn = 0
@@ -271,7 +270,7 @@ class TrailWriter:
         line, mac = chain.seal(chain.build_body(body, prev, signer), signer)
         _check_size(line, container_id)
         handle.head = None  # until the write is known to be complete
-        self._write(fd, line, size, shown)
+        self._write(fd, line, size, container_id)
         new_size = size + len(line)
         rotated_to = None
         if new_size >= self._settings.max_segment_bytes:
@@ -280,24 +279,28 @@ class TrailWriter:
         handle.head = _Head(handle.active_ino, new_size, seq + 1, mac)
         return Written(container_id, seq + 1, mac, line, rotated_to, torn)
 
-    def _write(self, fd: int, line: bytes, size: int, shown: Path) -> None:
+    def _write(self, fd: int, line: bytes, size: int, container_id: str) -> None:
         """Write the line with one ``write()``; on a short or failed write, undo it."""
+        # Paths are built only for messages: building one costs more than the write.
         try:
             written = os.write(fd, line)
         except OSError as exc:
             self._undo(fd, size)
-            raise _storage_error(shown, exc) from None
+            raise _storage_error(self._active_path(container_id), exc) from None
         if written != len(line):
             self._undo(fd, size)
             raise StorageError(
-                f"short write to {shown} ({written} of {len(line)} bytes, disk full or file size "
-                "limit): free space; the partial entry was removed",
+                f"short write to {self._active_path(container_id)} ({written} of {len(line)} "
+                "bytes, disk full or file size limit): free space; the partial entry was removed",
             )
         if self._settings.fsync == "always":
             try:
                 os.fdatasync(fd)
             except OSError as exc:
-                raise _storage_error(shown, exc) from None
+                raise _storage_error(self._active_path(container_id), exc) from None
+
+    def _active_path(self, container_id: str) -> Path:
+        return self._root / layout.CONTAINERS_DIR / container_id / layout.ACTIVE
 
     @staticmethod
     def _undo(fd: int, size: int) -> None:
