@@ -1,0 +1,73 @@
+"""``shieldaudit sidecar``: watch every trail, export metrics, optionally run the listener."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from shieldaudit.cli.context import app
+
+if TYPE_CHECKING:
+    from shieldaudit.config import Settings
+    from shieldaudit.sidecar import ListenerHandle
+
+
+def listener_factory(settings: Settings) -> ListenerHandle:
+    """Start the events listener in a thread of this process (imported only when used)."""
+    from shieldaudit.sidecar import start_listener  # noqa: PLC0415 -- podman-py is heavy
+
+    return start_listener(settings)
+
+
+@click.command("sidecar")
+@click.option("--no-listen", is_flag=True, help="Do not run the events listener in-process.")
+@click.option("--metrics-addr", default=None, help="Address for /metrics (default 127.0.0.1).")
+@click.option("--metrics-port", default=None, help="Port for /metrics (default 9469).")
+@click.option("--emit", is_flag=True, help="Write each entry as a WatchEvent JSON line on stdout.")
+@click.option("--from-end", is_flag=True, help="Skip the history of existing trails.")
+@click.option(
+    "--poll-interval",
+    default=None,
+    help="Seconds between polls when inotify is unavailable or its watch limit is hit.",
+)
+@click.pass_context
+def sidecar_command(  # noqa: PLR0917 -- click passes one argument per option
+    ctx: click.Context,
+    no_listen: bool,
+    metrics_addr: str | None,
+    metrics_port: str | None,
+    emit: bool,
+    from_end: bool,
+    poll_interval: str | None,
+) -> None:
+    """Watch every trail, count entries exactly once, serve Prometheus metrics.
+
+    Serves /metrics, /healthz and /readyz; SIGTERM stops it cleanly after a
+    final checkpoint. Without a checkpoint it reads all history (unless
+    --from-end).
+    """
+    from shieldaudit.sidecar import (  # noqa: PLC0415 -- the exporter is heavy
+        Sidecar,
+        line_emitter,
+        run_until_signalled,
+    )
+
+    settings = app(ctx).settings(
+        metrics_addr=metrics_addr, metrics_port=metrics_port, poll_interval=poll_interval
+    )
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="shieldaudit sidecar: %(message)s"
+    )
+    sidecar = Sidecar(
+        settings.root,
+        addr=settings.metrics_addr,
+        port=settings.metrics_port,
+        emit=line_emitter(sys.stdout.buffer) if emit else None,
+        from_end=from_end,
+        poll_interval=settings.poll_interval,
+        listener=None if no_listen else (lambda: listener_factory(settings)),
+    )
+    run_until_signalled(sidecar)

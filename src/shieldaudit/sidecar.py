@@ -1,0 +1,192 @@
+"""Wiring the sidecar: the watch loop, the HTTP endpoints, the listener thread, signals.
+
+The watch loop runs in the calling (main) thread so SIGTERM and SIGINT are
+handled there: the handler sets the stop event and wakes the loop, which saves
+its checkpoint, publishes, and returns; then the listener and the server stop.
+Everything is torn down well within the 2 s a supervisor grants.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import signal
+import threading
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+from prometheus_client import CollectorRegistry
+
+from shieldaudit.errors import ShieldAuditError
+from shieldaudit.metrics import SidecarMetrics
+from shieldaudit.server import ServerHandle, serve
+from shieldaudit.watch.watcher import Watcher
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+    from types import FrameType
+
+    from shieldaudit.config import Settings
+
+log = logging.getLogger("shieldaudit.sidecar")
+
+_EVENT_TEXT = ("ts", "source", "action", "container", "container_id")
+_EVENT_TAIL = ("dest", "detail")
+
+
+class ListenerHandle(Protocol):
+    """What the sidecar needs from an in-process events listener."""
+
+    def status(self) -> tuple[bool, int]:
+        """Return ``(connected, reconnects)``."""
+        ...
+
+    def close(self) -> None:
+        """Stop the listener and wait (briefly) for its thread."""
+        ...
+
+
+def watch_event(entry: dict[str, object]) -> bytes:
+    """Project an entry onto a WatchEvent JSON line (DESIGN §6), newline included (pure)."""
+    event: dict[str, object] = {k: entry.get(k) or "" for k in _EVENT_TEXT}
+    event["seq"] = entry.get("seq")
+    for k in _EVENT_TAIL:
+        event[k] = entry.get(k) or ""
+    return json.dumps(event, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+
+
+def line_emitter(stream: BinaryIO) -> Callable[[dict[str, object]], None]:
+    """Return an emitter writing one flushed WatchEvent line per entry to ``stream``."""
+
+    def emit(entry: dict[str, object]) -> None:
+        stream.write(watch_event(entry))
+        stream.flush()
+
+    return emit
+
+
+class Sidecar:
+    """The running sidecar (a context manager): watcher, endpoints and listener."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        registry: CollectorRegistry | None = None,
+        addr: str = "127.0.0.1",
+        port: int = 9469,
+        emit: Callable[[dict[str, object]], None] | None = None,
+        from_end: bool = False,
+        poll_interval: float = 1.0,
+        use_inotify: bool = True,
+        listener: Callable[[], ListenerHandle] | None = None,
+    ) -> None:
+        """Open the root and the checkpoint, start serving; the watch loop starts in :meth:`run`.
+
+        Args:
+            root: the trail root.
+            registry: where metrics go (a fresh one by default).
+            addr: metrics address.
+            port: metrics port (0 picks a free one).
+            emit: receives each entry (``--emit``).
+            from_end: skip history present at start.
+            poll_interval: polling period for trails inotify cannot watch.
+            use_inotify: False forces polling.
+            listener: starts the in-process events listener; None for ``--no-listen``.
+        """
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._listener: ListenerHandle | None = None
+        self.metrics = SidecarMetrics(self.registry, listener_status=self._listener_status)
+        self.stop_event = threading.Event()
+        self.watcher = Watcher(
+            root,
+            publish=self.metrics.publish,
+            watched=self.metrics.set_watched,
+            emit=emit,
+            from_end=from_end,
+            poll_interval=poll_interval,
+            use_inotify=use_inotify,
+        )
+        self._listener_factory = listener
+        try:
+            self.server: ServerHandle = serve(self.registry, self.readiness, addr, port)
+        except BaseException:
+            self.watcher.close()
+            raise
+
+    def _listener_status(self) -> tuple[bool, int]:
+        if self._listener is None:
+            return False, 0
+        return self._listener.status()
+
+    def readiness(self) -> tuple[bool, str]:
+        """Return whether the sidecar is ready, and why not."""
+        if not self.watcher.ready.is_set():
+            return False, "initial scan of the trails is running"
+        if self._listener_factory is not None and (
+            self._listener is None or not self._listener.status()[0]
+        ):
+            return False, "events listener is not connected to Podman"
+        return True, "ready"
+
+    def stop(self) -> None:
+        """Ask the watch loop to finish (safe from a signal handler or another thread)."""
+        self.stop_event.set()
+        self.watcher.wake()
+
+    def run(self) -> None:
+        """Start the listener, run the watch loop until :meth:`stop`, then shut down."""
+        try:
+            if self._listener_factory is not None:
+                self._listener = self._listener_factory()
+            self.watcher.run(self.stop_event)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the listener and the server, release the watcher."""
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                self._listener.close()
+        self.server.close()
+        self.watcher.close()
+
+    def __enter__(self) -> Sidecar:  # noqa: PYI034 -- not meant to be subclassed
+        """Use as a context manager."""
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Close on exit."""
+        self.close()
+
+
+def start_listener(settings: Settings) -> ListenerHandle:
+    """Start the events listener in a thread of this process.
+
+    Raises:
+        ShieldAuditError: the listener is not part of this installation.
+    """
+    try:
+        module = importlib.import_module("shieldaudit.listener")
+    except ImportError:
+        raise ShieldAuditError(
+            "the events listener is not available in this installation: run with --no-listen",
+        ) from None
+    handle: ListenerHandle = module.start_embedded(settings)
+    return handle
+
+
+def run_until_signalled(sidecar: Sidecar) -> None:
+    """Run ``sidecar`` in this (main) thread; SIGTERM and SIGINT stop it cleanly."""
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        sidecar.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        sidecar.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

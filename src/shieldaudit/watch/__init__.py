@@ -1,0 +1,1 @@
+"""Watching every trail at once: inotify, rotation-safe tailing, and the checkpoint."""
