@@ -265,3 +265,18 @@ def test_verify_unknown_container_exits_2(root):
     result = invoke(root, "verify", "ghost")
     assert result.code == 2
     assert result.err.startswith("Error: no trail matches 'ghost'")
+
+
+def test_a_planted_symlink_is_skipped_by_ls_and_reported_by_verify(root, tmp_path):
+    """One symlink in containers/ does not hide the other trails; verify reports it (exit 1)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, root / "containers" / cid("d"))
+    listing = invoke(root, "ls", "--json")
+    assert listing.code == 0
+    assert len(listing.lines) == 3
+    assert listing.err.startswith(f"Warning: skipped {cid('d')[:12]}: ")
+    check = invoke(root, "verify")
+    assert check.code == 1
+    assert check.lines[0].startswith(f"{cid('d')[:12]} - seq ?: ")
+    assert check.lines[-1].startswith("FAILED: 4 container(s)")

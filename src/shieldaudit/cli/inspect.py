@@ -18,7 +18,7 @@ import click
 from shieldaudit.cli import render
 from shieldaudit.cli.context import app
 from shieldaudit.cli.resolve import resolve_all
-from shieldaudit.cli.tail import tail_command
+from shieldaudit.cli.tail import tail_command, warn
 from shieldaudit.cli.timeargs import parse_time, ts_bound
 from shieldaudit.cli.trails import Trails
 from shieldaudit.errors import ContainerNotFoundError, UsageError
@@ -93,6 +93,7 @@ def ls_command(ctx: click.Context, *, as_json: bool, no_trunc: bool, full_verify
     root = settings.root
     with Trails(root) as trails:
         summaries = [s for i in trails.ids() for s in [trails.summary(i)] if s is not None]
+        warn(trails)
     summaries.sort(key=lambda s: (s.last_ts, s.container_id), reverse=True)
     verdicts: dict[str, bool | None] = dict.fromkeys((s.container_id for s in summaries), None)
     if full_verify:

@@ -24,6 +24,7 @@ import click
 
 from shieldaudit.cli import render
 from shieldaudit.cli.context import app
+from shieldaudit.cli.tail import warn
 from shieldaudit.cli.timeargs import parse_age, ts_bound
 from shieldaudit.cli.trails import Trails
 from shieldaudit.errors import EXIT_FAILURE, LockTimeoutError, ShieldAuditError, StorageError
@@ -185,6 +186,7 @@ def prune_command(ctx: click.Context, *, older_than: str, dry_run: bool, as_json
     cutoff = ts_bound(moment - age)
     with Trails(Path(root)) as trails:
         outcomes, errors = prune(trails, cutoff, dry_run=dry_run, now=now)
+        warn(trails)
     chosen = [o for o in outcomes if o.removed or o.reason == "would remove"]
     verb = "would remove" if dry_run else "removed"
     for outcome in chosen:

@@ -27,6 +27,7 @@ from shieldaudit.cli import render
 from shieldaudit.cli.context import app
 from shieldaudit.cli.resolve import resolve_container
 from shieldaudit.cli.trails import Trails, complete_end, segment_names, tail_lines
+from shieldaudit.errors import ShieldAuditError
 from shieldaudit.store import chain, layout
 from shieldaudit.store.reader import iter_lines
 
@@ -126,9 +127,15 @@ class Follower:
 
     def _snapshot(self, container_id: str, count: int) -> list[Item]:
         try:
-            dir_fd = self._trails.open_dir(container_id)
+            return self._snapshot_dir(container_id, count)
         except FileNotFoundError:
             return []
+        except ShieldAuditError as exc:
+            self._trails.problems.append(f"skipped {container_id[:12]}: {exc.message}")
+            return []
+
+    def _snapshot_dir(self, container_id: str, count: int) -> list[Item]:
+        dir_fd = self._trails.open_dir(container_id)
         try:
             names = segment_names(dir_fd)
             ino, end = 0, 0
@@ -163,13 +170,16 @@ class Follower:
             return []  # the common case: nothing new, one stat
         try:
             dir_fd = self._trails.open_dir(container_id)
+            try:
+                return list(self._read_new(dir_fd, position))
+            finally:
+                os.close(dir_fd)
         except FileNotFoundError:
             self._positions.pop(container_id, None)  # pruned
-            return []
-        try:
-            return list(self._read_new(dir_fd, position))
-        finally:
-            os.close(dir_fd)
+        except ShieldAuditError as exc:
+            self._positions.pop(container_id, None)
+            self._trails.problems.append(f"stopped following {container_id[:12]}: {exc.message}")
+        return []
 
     def _read_new(self, dir_fd: int, position: Position) -> Iterator[Item]:
         names = segment_names(dir_fd)
@@ -277,6 +287,13 @@ def follow(
         sleep(max(interval, 2 * (clock() - began)))
 
 
+def warn(trails: Trails) -> None:
+    """Print (once) the trails that had to be skipped, one ``Warning:`` line each on stderr."""
+    for problem in trails.problems:
+        click.echo(f"Warning: {problem}", err=True)
+    trails.problems.clear()
+
+
 @click.command("tail")
 @click.argument("container", required=False)
 @click.option(
@@ -318,6 +335,7 @@ def tail_command(
     names: dict[str, str] = {}
 
     def emit(items: list[Item]) -> None:
+        warn(trails)
         for item in items:
             name = item.entry.get("container")
             if isinstance(name, str) and name:
@@ -341,5 +359,6 @@ def tail_command(
     with Trails(Path(root)) as trails:
         follower = Follower(trails, only)
         emit(follower.start(count))
+        warn(trails)
         if following:
             follow(follower, emit, interval=interval)

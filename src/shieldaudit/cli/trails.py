@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Self
 
-from shieldaudit.errors import StorageError
+from shieldaudit.errors import ShieldAuditError, StorageError
 from shieldaudit.store import chain, layout
 from shieldaudit.store.reader import MAX_LINE_BYTES
 from shieldaudit.summary import Summary, summarise
@@ -40,6 +40,8 @@ class Trails:
         self.root = root
         self.root_fd = -1
         self.fd = -1
+        #: Trails skipped because they are unsafe or unreadable (one line each).
+        self.problems: list[str] = []
         self._open()
 
     def _open(self) -> None:
@@ -96,15 +98,26 @@ class Trails:
         )
 
     def summary(self, container_id: str, tail: int = TAIL_ENTRIES) -> Summary | None:
-        """Summarise one trail from its head and tail; None when it vanished meanwhile."""
+        """Summarise one trail from its head and tail.
+
+        Returns None when the trail vanished meanwhile (pruned), or when it is
+        unsafe or unreadable: that is noted in :attr:`problems` and the other
+        trails are still listed, so one planted symlink cannot hide them all.
+        """
         try:
             dir_fd = self.open_dir(container_id)
         except FileNotFoundError:
+            return None
+        except ShieldAuditError as exc:
+            self.problems.append(f"skipped {container_id[:12]}: {exc.message}")
             return None
         try:
             names = segment_names(dir_fd)
             first = _first_entry(dir_fd, names)
             lines = tail_lines(dir_fd, names, tail)
+        except ShieldAuditError as exc:
+            self.problems.append(f"skipped {container_id[:12]}: {exc.message}")
+            return None
         finally:
             os.close(dir_fd)
         return summarise(container_id, first, lines, len(names))

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from shieldaudit.cli.context import app
 from shieldaudit.cli.resolve import resolve_container
 from shieldaudit.cli.trails import Trails
-from shieldaudit.errors import EXIT_FAILURE, ContainerNotFoundError
-from shieldaudit.store.verify import Report, verify_container
+from shieldaudit.errors import EXIT_FAILURE, ContainerNotFoundError, ShieldAuditError
+from shieldaudit.store.verify import Problem, Report, verify_container
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from shieldaudit.store.chain import KeyRing
 
 
 @click.command("verify")
 @click.argument("container", required=False)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per container.")
 @click.pass_context
-def verify_command(ctx: click.Context, container: str | None, as_json: bool) -> None:
+def verify_command(ctx: click.Context, *, container: str | None, as_json: bool) -> None:
     """Verify the hash chain of every trail (or of CONTAINER).
 
     Prints one line per problem (container, segment, seq, what is wrong) and a
@@ -36,14 +42,11 @@ def verify_command(ctx: click.Context, container: str | None, as_json: bool) -> 
             ids = trails.ids()
     reports: list[Report] = []
     for container_id in ids:
-        try:
-            report = verify_container(
-                root, container_id, keys, keep_segments=settings.keep_segments
-            )
-        except ContainerNotFoundError:
-            if container:
-                raise
-            continue  # pruned while we were verifying the others
+        report = _verify_one(
+            root, container_id, keys, settings.keep_segments, explicit=container is not None
+        )
+        if report is None:
+            continue
         reports.append(report)
         if as_json:
             click.echo(json.dumps(_as_dict(report)))
@@ -63,6 +66,25 @@ def verify_command(ctx: click.Context, container: str | None, as_json: bool) -> 
         )
     if failed:
         ctx.exit(EXIT_FAILURE)
+
+
+def _verify_one(
+    root: Path, container_id: str, keys: KeyRing, keep: int, *, explicit: bool
+) -> Report | None:
+    """Verify one trail; verifying all, a vanished trail is skipped and an unsafe one reported."""
+    try:
+        return verify_container(root, container_id, keys, keep_segments=keep)
+    except ContainerNotFoundError:
+        if explicit:
+            raise
+        return None  # pruned while we were verifying the others
+    except ShieldAuditError as exc:
+        if explicit:
+            raise
+        # An unsafe or unreadable trail is a problem of that trail, not the end of the run.
+        report = Report(container_id)
+        report.problems.append(Problem(container_id, "-", None, exc.message))
+        return report
 
 
 def _as_dict(report: Report) -> dict[str, object]:
