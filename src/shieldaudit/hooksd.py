@@ -1,0 +1,316 @@
+"""hooks.d files for the OCI hook: build, validate, install atomically, uninstall.
+
+The files follow the ``1.0.0`` schema of containers/common's
+``oci-hooks(5)``. Podman 4.3 skips a file whose JSON is broken or whose
+``path`` is missing, and the containers then run *unaudited*; newer Podman
+instead fails every ``podman run``. So each file is validated before it is
+moved into place, the command it names is run once (``--check``), and a file
+this module did not write (no :data:`MANAGED_MARK` in its ``env``) is never
+overwritten or removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import shieldaudit
+from shieldaudit.errors import StorageError, UsageError
+from shieldaudit.ocistate import STAGES
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from shieldaudit.settings import StoreSettings
+
+HOOKS_VERSION: Final = "1.0.0"
+DEFAULT_HOOKS_DIR: Final = Path("/etc/containers/oci/hooks.d")
+DEFAULT_STAGES: Final = ("createRuntime", "poststart", "poststop")
+#: Seconds the runtime lets the hook run; the hook's own waits are bounded far below.
+HOOK_TIMEOUT_S: Final = 10
+MANAGED_MARK: Final = "SHIELDAUDIT_MANAGED_BY=shieldaudit-install-hooks"
+FILE_PREFIX: Final = "shieldaudit-"
+CHECK_TIMEOUT_S: Final = 30
+MAX_HOOK_FILE_BYTES: Final = 64 * 1024
+# Go's RE2 (which Podman uses) has no lookaround or backreferences.
+_NOT_RE2: Final = re.compile(r"\(\?<?[=!]|\(\?P=|\\[1-9]")
+
+
+def file_name(stage: str) -> str:
+    """Return the hooks.d file name for a stage (``shieldaudit-createRuntime.json``)."""
+    return f"{FILE_PREFIX}{stage}.json"
+
+
+def hook_command(python: str | None = None, script: str | None = None) -> list[str]:
+    """Return the argv prefix of the fastest way to run the hook (append the STAGE).
+
+    ``python -I -S <package>/_hookmain.py``: no site-packages processing, no
+    console-script wrapper, nothing read from the environment (see hook.py).
+    """
+    interpreter = python or os.path.realpath(sys.executable)
+    main = script or str(Path(shieldaudit.__file__).resolve().parent / "_hookmain.py")
+    return [interpreter, "-I", "-S", main]
+
+
+def settings_env(settings: StoreSettings, *, fail_closed: bool = False) -> list[str]:
+    """Return the hook's environment: every store setting, so no config file is read.
+
+    Podman runs ``poststop`` with an empty environment; this is all it gets.
+    """
+    return [
+        f"SHIELDAUDIT_ROOT={settings.root}",
+        f"SHIELDAUDIT_MAX_SEGMENT_BYTES={settings.max_segment_bytes}",
+        f"SHIELDAUDIT_KEEP_SEGMENTS={settings.keep_segments}",
+        f"SHIELDAUDIT_FSYNC={settings.fsync}",
+        f"SHIELDAUDIT_KEY_FILE={settings.key_file or ''}",
+        f"SHIELDAUDIT_FAIL_CLOSED={int(fail_closed or settings.fail_closed)}",
+        MANAGED_MARK,
+    ]
+
+
+def annotation_when(spec: str) -> dict[str, object]:
+    """Turn ``KEY_REGEX[=VALUE_REGEX]`` into an anchored ``when.annotations`` condition.
+
+    Both regexes must match the whole key (value): ``^(?:...)$``. The value
+    defaults to anything.
+
+    Raises:
+        UsageError: an empty key, a regex that does not compile, or one using
+            constructs Podman's RE2 engine lacks.
+    """
+    key, sep, value = spec.partition("=")
+    if not key:
+        raise UsageError(f"--annotation {spec!r}: expected KEY_REGEX or KEY_REGEX=VALUE_REGEX")
+    patterns: dict[str, str] = {}
+    for part, what in ((key, "key"), (value if sep else ".*", "value")):
+        if _NOT_RE2.search(part):
+            raise UsageError(
+                f"--annotation {what} regex {part!r} uses lookaround or backreferences, "
+                "which Podman's regex engine (RE2) does not support",
+            )
+        anchored = f"^(?:{part})$"
+        try:
+            re.compile(anchored)
+        except re.error as exc:
+            raise UsageError(f"--annotation {what} regex {part!r} is invalid: {exc}") from None
+        patterns[what] = anchored
+    return {"annotations": {patterns["key"]: patterns["value"]}}
+
+
+def build_hook(
+    stage: str,
+    command: Sequence[str],
+    env: Sequence[str],
+    annotation: str | None = None,
+    timeout: int = HOOK_TIMEOUT_S,
+) -> dict[str, object]:
+    """Return the hooks.d document running ``command + [stage]`` at ``stage``."""
+    if stage not in STAGES:
+        raise UsageError(f"unknown stage {stage!r}: expected one of {', '.join(STAGES)}")
+    when: dict[str, object] = (
+        {"always": True} if annotation is None else annotation_when(annotation)
+    )
+    return {
+        "version": HOOKS_VERSION,
+        "hook": {
+            "path": command[0],
+            "args": [*command, stage],
+            "env": list(env),
+            "timeout": timeout,
+        },
+        "when": when,
+        "stages": [stage],
+    }
+
+
+def validate(doc: Mapping[str, object], *, check_path: bool = True) -> None:  # noqa: C901, PLR0912
+    """Check a hooks.d document against the 1.0.0 schema and, optionally, its executable.
+
+    Raises:
+        UsageError: naming the first problem found.
+    """
+    if doc.get("version") != HOOKS_VERSION:
+        raise UsageError(f"hook version must be {HOOKS_VERSION!r}, not {doc.get('version')!r}")
+    hook = doc.get("hook")
+    if not isinstance(hook, dict):
+        raise UsageError("hook: expected an object with path, args, env, timeout")
+    path = hook.get("path")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise UsageError(f"hook.path must be an absolute path, not {path!r}")
+    for key in ("args", "env"):
+        value = hook.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UsageError(f"hook.{key} must be a list of strings")
+    if not all("=" in item for item in hook.get("env", [])):
+        raise UsageError("hook.env entries must be NAME=VALUE")
+    timeout = hook.get("timeout")
+    if timeout is not None and (not isinstance(timeout, int) or timeout < 1):
+        raise UsageError(f"hook.timeout must be a positive integer, not {timeout!r}")
+    when = doc.get("when")
+    if not isinstance(when, dict) or not any(
+        when.get(k) for k in ("always", "annotations", "commands", "hasBindMounts")
+    ):
+        raise UsageError("when: needs at least one condition (always, annotations, ...)")
+    for pattern in [*when.get("annotations", {}).items(), *when.get("commands", [])]:
+        for text in pattern if isinstance(pattern, tuple) else (pattern,):
+            try:
+                re.compile(text)
+            except (re.error, TypeError) as exc:
+                raise UsageError(f"when: bad regex {text!r}: {exc}") from None
+    stages = doc.get("stages")
+    if not isinstance(stages, list) or not stages or not set(stages) <= set(STAGES):
+        raise UsageError(f"stages must be a non-empty list of {', '.join(STAGES)}")
+    if check_path:
+        check_executable(path)
+
+
+def check_executable(path: str) -> None:
+    """Raise UsageError unless ``path`` is an executable regular file."""
+    if not os.path.isfile(path):  # noqa: PTH113 -- follows symlinks, like the runtime
+        raise UsageError(f"hook executable {path} does not exist")
+    if not os.access(path, os.X_OK):
+        raise UsageError(f"hook executable {path} is not executable")
+
+
+def check_runnable(doc: Mapping[str, object]) -> str:
+    """Run the hook's command with ``--check`` in the hook's own environment; return its output.
+
+    This proves the interpreter starts and imports every module a hook run may
+    need, with the environment the runtime will give it (nothing else).
+
+    Raises:
+        StorageError: the command failed; the message carries its output.
+    """
+    hook = doc["hook"]
+    assert isinstance(hook, dict)  # noqa: S101 -- validate() checked it
+    args = list(hook["args"])
+    argv = [hook["path"], *args[1:-1], "--check"]
+    env = dict(item.split("=", 1) for item in hook.get("env", []))
+    try:
+        result = subprocess.run(
+            argv,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=CHECK_TIMEOUT_S,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StorageError(f"cannot run the hook {argv[0]}: {exc}") from None
+    if result.returncode != 0:
+        output = " ".join((result.stderr or result.stdout).split())[-500:]
+        raise StorageError(
+            f"the hook command {' '.join(argv)} failed (exit {result.returncode}): {output}"
+        )
+    return result.stdout.strip()
+
+
+def read_document(path: Path) -> dict[str, object] | None:
+    """Return a hooks.d file's JSON object, or None if it is not one."""
+    try:
+        data = path.read_bytes()[: MAX_HOOK_FILE_BYTES + 1]
+        doc = json.loads(data)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def is_managed(path: Path) -> bool:
+    """Return whether ``path`` is a hooks.d file written by :func:`install`."""
+    doc = read_document(path)
+    hook = doc.get("hook") if doc else None
+    return isinstance(hook, dict) and MANAGED_MARK in (hook.get("env") or [])
+
+
+def _write_atomically(directory: Path, name: str, data: bytes) -> Path:
+    # A half-written hooks.d file is what makes Podman skip the hook (4.3) or fail
+    # every container (newer): write a temporary name without ".json" (never read
+    # by Podman), fsync, then rename over the target in one step.
+    target = directory / name
+    tmp = directory / f".{name}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        tmp.replace(target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return target
+
+
+def install(
+    hooks_dir: Path, docs: Mapping[str, Mapping[str, object]], *, check: bool = True
+) -> tuple[list[Path], list[Path]]:
+    """Write one validated file per stage; remove this tool's files for other stages.
+
+    Args:
+        hooks_dir: the hooks.d directory (created if missing).
+        docs: stage -> document, from :func:`build_hook`.
+        check: run the hook command once (``--check``) before installing.
+
+    Returns:
+        The files written and the files removed.
+
+    Raises:
+        UsageError: a document is invalid, or a target exists and was not written
+            by install-hooks (nothing is written then).
+        StorageError: the directory or a file cannot be written, or the check failed.
+    """
+    for doc in docs.values():
+        validate(doc)
+    for stage in docs:
+        target = hooks_dir / file_name(stage)
+        if target.exists() and not is_managed(target):
+            raise UsageError(
+                f"{target} exists and was not written by shieldaudit install-hooks: "
+                "move it away first",
+            )
+    if check:
+        for doc in docs.values():
+            check_runnable(doc)
+    try:
+        hooks_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        written = []
+        for stage, doc in docs.items():
+            data = (json.dumps(doc, indent=2) + "\n").encode()
+            validate(json.loads(data))
+            written.append(_write_atomically(hooks_dir, file_name(stage), data))
+        removed = _remove_managed(hooks_dir, keep=set(docs))
+    except OSError as exc:
+        raise StorageError(f"cannot write hooks in {hooks_dir}: {exc.strerror or exc}") from None
+    return written, removed
+
+
+def uninstall(hooks_dir: Path) -> list[Path]:
+    """Remove every hooks.d file install-hooks wrote in ``hooks_dir``; return them."""
+    try:
+        return _remove_managed(hooks_dir, keep=set())
+    except OSError as exc:
+        raise StorageError(f"cannot remove hooks in {hooks_dir}: {exc.strerror or exc}") from None
+
+
+def _remove_managed(hooks_dir: Path, keep: Iterable[str]) -> list[Path]:
+    keep_names = {file_name(stage) for stage in keep}
+    removed: list[Path] = []
+    if not hooks_dir.is_dir():
+        return removed
+    for path in sorted(hooks_dir.glob(f"{FILE_PREFIX}*.json")):
+        if path.name not in keep_names and is_managed(path):
+            path.unlink()
+            removed.append(path)
+    return removed
