@@ -211,7 +211,9 @@ class Tail:
         try:
             if os.fstat(fd).st_ino != m.inode:
                 raise _Resync
-            if not self._trusted and m.offset and not self._anchored(fd, m.offset):
+            # A mark inside an oversized line cannot sit after the anchor: it is
+            # trusted on its inode, like any position within the line being skipped.
+            if not (self._trusted or m.skipping) and m.offset and not self._anchored(fd, m.offset):
                 raise _Resync
             self._trusted = True
             self._read_fd(fd, sealed=sealed)

@@ -113,10 +113,15 @@ class Watcher:
         loaded = load(self._checkpoint.path)
         self._resumed = loaded is not None
         self._saved_marks: dict[str, Mark] = loaded.marks if loaded else {}
+        for cid, mark in self._saved_marks.items():
+            self._checkpoint.update(cid, mark)  # kept as saved until the trail moves
         self._hook = HookErrorsTail(
             layout.hook_errors_path(root), loaded.hook_errors if loaded else None
         )
+        if from_end and loaded is None:
+            self._hook.skip_to_end()
         self._tails: dict[str, Tail] = {}
+        self._scanned = False  # trails found after the first scan are new: read all of them
         self._dirty: set[str] = set()  # trails with something to read
         self._unsaved: set[str] = set()  # trails whose mark moved since the last save
         self._hook_dirty = True
@@ -234,10 +239,15 @@ class Watcher:
             return
         present = {name for name in names if layout.is_container_id(name)}
         for cid in sorted(present - self._tails.keys()):
-            self._add(cid, at_start=not self.ready.is_set())
+            self._add(cid, at_start=not self._scanned)
         for cid in self._tails.keys() - present:
             self._remove(cid)
+        for cid in [c for c in self._saved_marks if c not in present]:
+            del self._saved_marks[cid]  # its trail was removed while we were down
+            self._checkpoint.forget(cid)
+            self._removed_since_save = True
         self._dirty.update(self._tails)
+        self._scanned = True
         self._hook_dirty = True
         self._watched(len(self._tails))
         self.process(None)
