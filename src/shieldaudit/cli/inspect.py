@@ -8,7 +8,6 @@ entries exactly as stored, one JSON object per line.
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -17,8 +16,9 @@ import click
 
 from shieldaudit.cli import render
 from shieldaudit.cli.context import app
+from shieldaudit.cli.output import colour_wanted, quiet, warn
 from shieldaudit.cli.resolve import resolve_all
-from shieldaudit.cli.tail import tail_command, warn
+from shieldaudit.cli.tail import tail_command
 from shieldaudit.cli.timeargs import parse_time, ts_bound
 from shieldaudit.cli.trails import Trails
 from shieldaudit.errors import ContainerNotFoundError, UsageError
@@ -26,17 +26,13 @@ from shieldaudit.store.reader import TrailDir
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from pathlib import Path
 
     from shieldaudit.summary import Summary
 
 __all__ = ["ls_command", "show_command", "tail_command"]
 
 LS_HEADERS = ("CONTAINER ID", "NAME", "IMAGE", "ENTRIES", "FIRST", "LAST", "ACTION", "STATE")
-
-
-def colour_wanted() -> bool:
-    """Decide colour once, at the edge: a terminal on stdout and no ``NO_COLOR``."""
-    return render.use_colour(isatty=sys.stdout.isatty(), environ=os.environ)
 
 
 def write_json_line(line: bytes | str) -> None:
@@ -82,6 +78,7 @@ def ls_row(
     help="Verify every chain in full (reads whole trails); default checks tails only.",
 )
 @click.pass_context
+@quiet
 def ls_command(ctx: click.Context, *, as_json: bool, no_trunc: bool, full_verify: bool) -> None:
     """List containers with a trail, most recently active first.
 
@@ -176,6 +173,7 @@ def time_bounds(
 @click.option("--all", "every", is_flag=True, help="Every container the name (or prefix) matches.")
 @click.option("--no-trunc", is_flag=True, help="Exact times and full details.")
 @click.pass_context
+@quiet
 def show_command(
     ctx: click.Context,
     *,
@@ -218,7 +216,7 @@ def show_command(
 
 
 def _stream(
-    root: os.PathLike[str] | str,
+    root: Path,
     container_id: str,
     keep: Callable[[dict[str, object]], bool],
     *,
@@ -228,13 +226,11 @@ def _stream(
     label: str | None,
 ) -> int:
     """Print one trail's matching entries; return how many lines were not entries."""
-    from pathlib import Path  # noqa: PLC0415
-
     unreadable = 0
     binary = sys.stdout.buffer
     text = sys.stdout
     try:
-        trail = TrailDir(Path(root), container_id)
+        trail = TrailDir(root, container_id)
     except ContainerNotFoundError:
         return 0  # pruned between resolving and reading
     with trail:

@@ -24,7 +24,7 @@ import click
 
 from shieldaudit.cli import render
 from shieldaudit.cli.context import app
-from shieldaudit.cli.tail import warn
+from shieldaudit.cli.output import warn
 from shieldaudit.cli.timeargs import parse_age, ts_bound
 from shieldaudit.cli.trails import Trails
 from shieldaudit.errors import EXIT_FAILURE, LockTimeoutError, ShieldAuditError, StorageError

@@ -25,6 +25,7 @@ import click
 
 from shieldaudit.cli import render
 from shieldaudit.cli.context import app
+from shieldaudit.cli.output import colour_wanted, quiet, warn
 from shieldaudit.cli.resolve import resolve_container
 from shieldaudit.cli.trails import Trails, complete_end, segment_names, tail_lines
 from shieldaudit.errors import ShieldAuditError
@@ -287,13 +288,6 @@ def follow(
         sleep(max(interval, 2 * (clock() - began)))
 
 
-def warn(trails: Trails) -> None:
-    """Print (once) the trails that had to be skipped, one ``Warning:`` line each on stderr."""
-    for problem in trails.problems:
-        click.echo(f"Warning: {problem}", err=True)
-    trails.problems.clear()
-
-
 @click.command("tail")
 @click.argument("container", required=False)
 @click.option(
@@ -310,6 +304,7 @@ def warn(trails: Trails) -> None:
 @click.option("--no-trunc", is_flag=True, help="Exact times and full details.")
 @click.option("--interval", type=click.FloatRange(min=0.01), default=POLL_INTERVAL, hidden=True)
 @click.pass_context
+@quiet
 def tail_command(
     ctx: click.Context,
     *,
@@ -324,8 +319,6 @@ def tail_command(
 
     With -f, keep following: across rotations, and containers that appear later.
     """
-    from shieldaudit.cli.inspect import colour_wanted  # noqa: PLC0415 -- avoid an import cycle
-
     root = app(ctx).settings().root
     only = resolve_container(root, container) if container else None
     colour = False if as_json else colour_wanted()

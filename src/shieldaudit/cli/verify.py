@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from shieldaudit.cli.context import app
+from shieldaudit.cli.output import quiet
 from shieldaudit.cli.resolve import resolve_container
 from shieldaudit.cli.trails import Trails
 from shieldaudit.errors import EXIT_FAILURE, ContainerNotFoundError, ShieldAuditError
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 @click.argument("container", required=False)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per container.")
 @click.pass_context
+@quiet
 def verify_command(ctx: click.Context, *, container: str | None, as_json: bool) -> None:
     """Verify the hash chain of every trail (or of CONTAINER).
 
