@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import os
 import random
-from pathlib import Path
-
-from store_helpers import CID_A, CID_B, settings, trail
+from typing import TYPE_CHECKING
 
 from shieldaudit.store.writer import TrailWriter
 from shieldaudit.watch.checkpoint import checkpoint_path
 from shieldaudit.watch.tally import Tally
 from shieldaudit.watch.watcher import Watcher
+from store_helpers import CID_A, CID_B, settings, trail
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SMALL = 1200  # bytes per segment: a rotation every few entries
 
@@ -27,6 +29,7 @@ class Process:
     """One sidecar process's watcher; counts only what it published."""
 
     def __init__(self, root: Path, **kwargs) -> None:
+        """Start a process on ``root`` (polling, frozen clock: it commits only when told)."""
         self.published = Tally()
         self.emitted: list[dict[str, object]] = []
         self.watcher = Watcher(
@@ -49,6 +52,7 @@ class Process:
 
     @property
     def events(self) -> int:
+        """Return how many entries this process published."""
         return sum(self.published.events.values())
 
     def step(self) -> Process:
@@ -64,7 +68,7 @@ class Process:
         return self
 
     def crash(self) -> Process:
-        """kill -9: whatever was read but not checkpointed is neither saved nor published."""
+        """Simulate kill -9: whatever was read but not checkpointed is neither saved nor published."""
         self.watcher.close()
         return self
 
@@ -317,8 +321,11 @@ def test_hook_errors_counted_once_across_restarts(tmp_path):
 
 
 def test_random_crashes_and_rotations_count_each_entry_once(tmp_path):
-    """Across random writes, rotations, retention-free trails, clean stops and kill -9s,
-    the counts published by all processes add up to exactly what was written."""
+    """Random writes, rotations, clean stops and kill -9s: published counts add up exactly.
+
+    Summed over every process, entries and rotations published equal what was
+    written and sealed, never more, never less.
+    """
     rng = random.Random(5912)
     root = tmp_path / "root"
     written = 0
