@@ -68,7 +68,7 @@ class Process:
         return self
 
     def crash(self) -> Process:
-        """Simulate kill -9: whatever was read but not checkpointed is neither saved nor published."""
+        """Simulate kill -9: what was read but not checkpointed is neither saved nor published."""
         self.watcher.close()
         return self
 
