@@ -1,0 +1,219 @@
+"""hooks.d files (shieldaudit.hooksd) and the ``install-hooks`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from shieldaudit import hooksd
+from shieldaudit.cli import cli
+from shieldaudit.errors import StorageError, UsageError
+from shieldaudit.settings import StoreSettings
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE_PYTHON = "/usr/bin/python3"
+TEMPLATE_SCRIPT = "/usr/lib/python3/dist-packages/shieldaudit/_hookmain.py"
+
+
+def doc(stage="poststop", annotation=None, root="/srv/audit"):
+    env = hooksd.settings_env(StoreSettings(Path(root)))
+    return hooksd.build_hook(stage, hooksd.hook_command(), env, annotation)
+
+
+def test_built_document_is_valid_and_runs_the_lean_command():
+    """The document names this interpreter with -I -S and _hookmain.py, plus the stage."""
+    built = doc("createRuntime")
+
+    hooksd.validate(built)
+    hook = built["hook"]
+    assert hook["path"] == os.path.realpath(hook["path"])
+    assert hook["args"][1:3] == ["-I", "-S"]
+    assert hook["args"][3].endswith("/shieldaudit/_hookmain.py")
+    assert hook["args"][-1] == "createRuntime"
+    assert built["stages"] == ["createRuntime"]
+    assert built["when"] == {"always": True}
+    assert "SHIELDAUDIT_ROOT=/srv/audit" in hook["env"]
+    assert hooksd.MANAGED_MARK in hook["env"]
+
+
+def test_settings_env_carries_every_store_setting():
+    """The env holds root, segment size, retention, fsync, key file and fail-closed."""
+    settings = StoreSettings(Path("/r"), 4096, 3, "never", Path("/k"), fail_closed=False)
+
+    env = hooksd.settings_env(settings, fail_closed=True)
+
+    assert env[:6] == [
+        "SHIELDAUDIT_ROOT=/r",
+        "SHIELDAUDIT_MAX_SEGMENT_BYTES=4096",
+        "SHIELDAUDIT_KEEP_SEGMENTS=3",
+        "SHIELDAUDIT_FSYNC=never",
+        "SHIELDAUDIT_KEY_FILE=/k",
+        "SHIELDAUDIT_FAIL_CLOSED=1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("audit", {"^(?:audit)$": "^(?:.*)$"}),
+        ("io\\.audit/.*=yes|true", {"^(?:io\\.audit/.*)$": "^(?:yes|true)$"}),
+    ],
+)
+def test_annotation_condition_is_anchored(spec, expected):
+    """--annotation KEY[=VALUE] becomes whole-string regexes for key and value."""
+    assert hooksd.annotation_when(spec) == {"annotations": expected}
+
+
+@pytest.mark.parametrize("spec", ["", "=x", "(", "a=(", "(?=x)", "(a)\\1", "x=(?!y)"])
+def test_bad_annotation_is_a_usage_error(spec):
+    """Empty keys, broken regexes and RE2-incompatible constructs are refused."""
+    with pytest.raises(UsageError):
+        hooksd.annotation_when(spec)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(version="2.0"), "version"),
+        (lambda d: d["hook"].update(path="relative"), "absolute"),
+        (lambda d: d["hook"].update(path="/nonexistent/python"), "does not exist"),
+        (lambda d: d["hook"].update(args="x"), "args"),
+        (lambda d: d["hook"].update(env=["NOEQUALS"]), "NAME=VALUE"),
+        (lambda d: d["hook"].update(timeout=0), "timeout"),
+        (lambda d: d.update(when={}), "condition"),
+        (lambda d: d.update(when={"annotations": {"(": "x"}}), "bad regex"),
+        (lambda d: d.update(stages=["prestop"]), "stages"),
+        (lambda d: d.update(stages=[]), "stages"),
+    ],
+)
+def test_validate_names_the_problem(mutate, message):
+    """Each schema violation (and a missing or non-executable path) is one UsageError."""
+    built = doc()
+    mutate(built)
+
+    with pytest.raises(UsageError, match=message):
+        hooksd.validate(built)
+
+
+def test_validate_refuses_a_non_executable_path(tmp_path):
+    """A path without any execute bit is refused: Podman 4.3 would skip the hook silently."""
+    plain = tmp_path / "python"
+    plain.write_text("")
+    plain.chmod(0o644)
+    built = doc()
+    built["hook"]["path"] = str(plain)
+
+    with pytest.raises(UsageError, match="not executable"):
+        hooksd.validate(built)
+
+
+def test_install_writes_atomically_and_reinstalls(tmp_path):
+    """install() creates the dir, writes one file per stage, leaves no temp file, reinstalls."""
+    hooks_dir = tmp_path / "hooks.d"
+    docs = {stage: doc(stage) for stage in hooksd.DEFAULT_STAGES}
+
+    written, removed = hooksd.install(hooks_dir, docs, check=False)
+    again, _ = hooksd.install(hooks_dir, {"poststop": doc("poststop", root="/other")}, check=False)
+
+    assert [p.name for p in written] == [hooksd.file_name(s) for s in hooksd.DEFAULT_STAGES]
+    assert removed == []
+    assert sorted(p.name for p in hooks_dir.iterdir()) == ["shieldaudit-poststop.json"]
+    assert again == [hooks_dir / "shieldaudit-poststop.json"]
+    stored = json.loads(again[0].read_text())
+    assert "SHIELDAUDIT_ROOT=/other" in stored["hook"]["env"]
+
+
+def test_install_never_overwrites_a_foreign_file(tmp_path):
+    """A same-named file not written by install-hooks stops the install before any write."""
+    hooks_dir = tmp_path / "hooks.d"
+    hooks_dir.mkdir()
+    foreign = hooks_dir / "shieldaudit-poststop.json"
+    foreign.write_text('{"version": "1.0.0", "hook": {"path": "/bin/true"}}')
+
+    with pytest.raises(UsageError, match="not written by shieldaudit install-hooks"):
+        hooksd.install(hooks_dir, {s: doc(s) for s in hooksd.DEFAULT_STAGES}, check=False)
+
+    assert sorted(p.name for p in hooks_dir.iterdir()) == ["shieldaudit-poststop.json"]
+    assert "/bin/true" in foreign.read_text()
+
+
+def test_uninstall_removes_only_managed_files(tmp_path):
+    """--uninstall removes this tool's files and keeps every other hook."""
+    hooks_dir = tmp_path / "hooks.d"
+    hooksd.install(hooks_dir, {"poststop": doc()}, check=False)
+    (hooks_dir / "shieldaudit-custom.json").write_text("{}")
+    (hooks_dir / "other.json").write_text("{}")
+
+    removed = hooksd.uninstall(hooks_dir)
+
+    assert [p.name for p in removed] == ["shieldaudit-poststop.json"]
+    assert sorted(p.name for p in hooks_dir.iterdir()) == ["other.json", "shieldaudit-custom.json"]
+    assert hooksd.uninstall(tmp_path / "absent") == []
+
+
+def test_check_runnable_runs_the_command():
+    """The check runs the exact interpreter and script with --check in the hook's env only."""
+    assert "shieldaudit-hook: ok" in hooksd.check_runnable(doc())
+
+
+def test_check_runnable_reports_a_broken_command(tmp_path):
+    """A command that fails its check is a StorageError carrying its exit status."""
+    broken = doc()
+    broken["hook"]["args"][3] = str(tmp_path / "missing.py")
+
+    with pytest.raises(StorageError, match="failed \\(exit 2\\)"):
+        hooksd.check_runnable(broken)
+
+
+def test_templates_match_what_install_hooks_writes():
+    """hooks/*.json equal the generated documents for the packaged paths and default settings."""
+    env = hooksd.settings_env(StoreSettings(Path("/var/lib/shieldaudit")))
+    command = hooksd.hook_command(TEMPLATE_PYTHON, TEMPLATE_SCRIPT)
+    templates = sorted((REPO / "hooks").glob("*.json"))
+
+    assert [p.name for p in templates] == sorted(hooksd.file_name(s) for s in hooksd.DEFAULT_STAGES)
+    for path in templates:
+        stored = json.loads(path.read_text())
+        hooksd.validate(stored, check_path=False)
+        assert stored == hooksd.build_hook(stored["stages"][0], command, env)
+
+
+def test_cli_install_and_uninstall(tmp_path):
+    """`shieldaudit install-hooks` installs (checking the hook runs) and --uninstall removes."""
+    hooks_dir = tmp_path / "hooks.d"
+    root = tmp_path / "root"
+    runner = CliRunner()
+    args = ["--root", str(root), "install-hooks", "--hooks-dir", str(hooks_dir)]
+
+    installed = runner.invoke(
+        cli, [*args, "--stage", "poststop", "--annotation", "audit", "--fail-closed"]
+    )
+    stored = json.loads((hooks_dir / "shieldaudit-poststop.json").read_text())
+    removed = runner.invoke(cli, [*args, "--uninstall"])
+
+    assert installed.exit_code == 0, installed.output
+    assert "installed" in installed.output
+    assert stored["when"] == {"annotations": {"^(?:audit)$": "^(?:.*)$"}}
+    assert "SHIELDAUDIT_FAIL_CLOSED=1" in stored["hook"]["env"]
+    assert f"SHIELDAUDIT_ROOT={root}" in stored["hook"]["env"]
+    assert root.is_dir()
+    assert removed.exit_code == 0
+    assert list(hooks_dir.iterdir()) == []
+
+
+def test_cli_refuses_an_unsafe_root(tmp_path):
+    """A group-writable root is refused at install time, not at the next container start."""
+    root = tmp_path / "root"
+    root.mkdir()
+    root.chmod(0o770)
+
+    result = CliRunner().invoke(
+        cli, ["--root", str(root), "install-hooks", "--hooks-dir", str(tmp_path / "h")]
+    )
+
+    assert result.exit_code == 1
+    assert not (tmp_path / "h").exists()
