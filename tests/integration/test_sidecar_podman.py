@@ -1,0 +1,171 @@
+"""The sidecar against real Podman, real hooks and a real Prometheus server.
+
+One container's lifecycle, recorded by the installed OCI hooks, moves the
+sidecar's counters by exactly the expected amounts; Debian's ``prometheus``,
+started on loopback by the test, scrapes the sidecar and answers a query for
+``shieldaudit_events_total``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_sidecar_process import SidecarProc, free_port
+
+pytestmark = pytest.mark.podman
+
+DEADLINE_S = 60.0
+STAGES = ("createRuntime", "poststart", "poststop")
+PROMETHEUS = "/usr/bin/prometheus"
+
+
+def hook_command() -> str:
+    """The installed ``shieldaudit-hook`` script next to this interpreter."""
+    path = Path(sys.executable).parent / "shieldaudit-hook"
+    assert path.exists(), f"{path} missing: install the project (pip install -e .)"
+    return str(path)
+
+
+def install_hooks(hooks_dir: Path, root: Path) -> None:
+    hooks_dir.mkdir()
+    for stage in STAGES:
+        spec = {
+            "version": "1.0.0",
+            "hook": {
+                "path": hook_command(),
+                "args": ["shieldaudit-hook", stage],
+                "env": [f"SHIELDAUDIT_ROOT={root}", "SHIELDAUDIT_FSYNC=never"],
+                "timeout": 10,
+            },
+            "when": {"always": True},
+            "stages": [stage],
+        }
+        (hooks_dir / f"shieldaudit-{stage}.json").write_text(json.dumps(spec))
+
+
+def query(port: int, promql: str) -> list[dict[str, object]]:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = json.loads(response.read())
+    except OSError:
+        return []
+    return body.get("data", {}).get("result", []) if body.get("status") == "success" else []
+
+
+@pytest.fixture
+def prometheus(tmp_path):
+    """Start Prometheus on a free loopback port; yield a function that points it at a target."""
+    if not Path(PROMETHEUS).exists():
+        pytest.fail("Debian's prometheus package is required: apt-get install prometheus")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(target_port: int) -> int:
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n  - job_name: shieldaudit\n    static_configs:\n"
+            f"      - targets: ['127.0.0.1:{target_port}']\n",
+        )
+        port = free_port()
+        log = (tmp_path / "prometheus.log").open("wb")
+        procs.append(
+            subprocess.Popen(
+                [
+                    PROMETHEUS,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            ),
+        )
+        log.close()
+        return port
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+def test_container_lifecycle_counted_and_scraped_by_prometheus(tmp_path, podman_env, prometheus):
+    """One `podman run` moves the hook counters by one per stage; Prometheus sees them."""
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    hooks_dir = tmp_path / "hooks.d"
+    install_hooks(hooks_dir, root)
+    sidecar = SidecarProc(root)
+    try:
+        before = sidecar.wait_for(lambda v: "shieldaudit_events_total" in v, "start")
+        assert sidecar.get("/readyz")[0] == 200
+
+        def hook(values, stage):
+            return values.get(f"hook:{stage}", 0.0)
+
+        podman_env.run("--hooks-dir", str(hooks_dir), "run", "--rm", podman_env.image, "true")
+
+        ids = os.listdir(root / "containers")
+        assert len(ids) == 1, "the hooks wrote no trail: check the hooks.d files"
+        after = _wait_labelled(sidecar, lambda v: all(hook(v, s) == 1 for s in STAGES))
+        assert sum(hook(after, s) for s in STAGES) == 3
+        assert after["shieldaudit_events_total"] - before["shieldaudit_events_total"] == 3
+        assert after["shieldaudit_watched_containers"] == 1
+        assert after["shieldaudit_hook_errors_total"] == 0
+        assert after["shieldaudit_integrity_failures_total"] == 0
+
+        prom_port = prometheus(sidecar.port)
+        deadline = time.monotonic() + DEADLINE_S
+        result: list[dict[str, object]] = []
+        promql = 'shieldaudit_events_total{source="hook",action="poststop"}'
+        while time.monotonic() < deadline:
+            result = query(prom_port, promql)
+            if result:
+                break
+            time.sleep(0.5)
+        assert result, "prometheus never returned shieldaudit_events_total"
+        value = result[0]["value"]
+        assert isinstance(value, list)
+        assert float(value[1]) == 1
+        assert sidecar.terminate() == 0
+    finally:
+        sidecar.close()
+
+
+def _wait_labelled(sidecar: SidecarProc, condition) -> dict[str, float]:
+    """Like wait_for, but also exposing hook series as ``hook:<stage>`` keys."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    def labelled() -> dict[str, float]:
+        status, text = sidecar.get("/metrics")
+        values: dict[str, float] = {}
+        if status != 200:
+            return values
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                values[sample.name] = values.get(sample.name, 0.0) + sample.value
+                if sample.name == "shieldaudit_events_total" and sample.labels["source"] == "hook":
+                    values[f"hook:{sample.labels['action']}"] = sample.value
+        return values
+
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        values = labelled()
+        if values and condition(values):
+            return values
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out; last metrics: {values}")
+        time.sleep(0.05)
