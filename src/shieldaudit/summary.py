@@ -98,27 +98,37 @@ def tail_links(lines: Sequence[bytes]) -> bool:
     each entry's ``seq`` and ``prev`` follow the one before. Keyed macs are
     left to ``verify`` (which has the key).
     """
-    entries: list[dict[str, object]] = []
+    parsed = _parse_all(lines)
+    return parsed is not None and _links(parsed)
+
+
+def _parse_all(lines: Sequence[bytes]) -> list[tuple[bytes, dict[str, object]]] | None:
+    pairs = []
     for line in lines:
         try:
-            entry = chain.parse_line(line)
+            pairs.append((line, chain.parse_line(line)))
         except ValueError:
-            return False
+            return None
+    return pairs
+
+
+def _links(pairs: Sequence[tuple[bytes, dict[str, object]]]) -> bool:
+    for line, entry in pairs:
         alg = entry.get("chain")
         if alg == chain.ALG_PLAIN:
             want, _ = chain.expected_mac(line, alg, chain.NO_KEYS)
             if want is None or entry.get("mac") != want:
                 return False
-        entries.append(entry)
-    for before, after in itertools.pairwise(entries):
+    for (_, before), (_, after) in itertools.pairwise(pairs):
         seq = before.get("seq")
         if not isinstance(seq, int) or after.get("seq") != seq + 1:
             return False
         if after.get("prev") != before.get("mac"):
             return False
-    if not entries:
+    if not pairs:
         return True
-    return not (entries[0].get("seq") == 1 and entries[0].get("prev") != chain.GENESIS)
+    first = pairs[0][1]
+    return not (first.get("seq") == 1 and first.get("prev") != chain.GENESIS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,12 +177,14 @@ def summarise(
     ``entries`` is ``last seq - first seq + 1``: exact when the chain holds
     (``verify`` checks that), and cheap.
     """
-    tail: list[dict[str, object]] = []
+    pairs: list[tuple[bytes, dict[str, object]]] = []
+    unparsed = False
     for line in tail_lines:
         try:
-            tail.append(chain.parse_line(line))
+            pairs.append((line, chain.parse_line(line)))
         except ValueError:
-            continue
+            unparsed = True
+    tail = [entry for _, entry in pairs]
     last = tail[-1] if tail else None
     if first is None and tail:
         first = tail[0]
@@ -193,7 +205,7 @@ def summarise(
         last_ts=_text(last, "ts") or _text(first, "ts"),
         last_action=_text(last, "action") or _text(first, "action"),
         state=lifecycle_state(str(e.get("action", "")) for e in both),
-        tail_ok=tail_links(tail_lines) if tail_lines else None,
+        tail_ok=(not unparsed and _links(pairs)) if tail_lines else None,
         segments=segments,
     )
 
