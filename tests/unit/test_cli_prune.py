@@ -120,8 +120,9 @@ def test_prune_waits_for_the_lock_and_reports_a_busy_trail(root):
 
 
 def _summary(state, last_ts="2026-01-01T00:00:00.000000Z"):
+    segments = 0 if state is State.UNKNOWN and not last_ts else 1
     return Summary(
-        cid("e"), "", "", 1, 1, 1, last_ts, last_ts, "x", state, tail_ok=True, segments=1
+        cid("e"), "", "", 1, 1, 1, last_ts, last_ts, "x", state, tail_ok=True, segments=segments
     )
 
 
@@ -136,9 +137,28 @@ def _summary(state, last_ts="2026-01-01T00:00:00.000000Z"):
         (State.EXITED, "2026-06-01T00:00:00.000000Z", False, True),
         (State.EXITED, "", False, True),
         (State.EXITED, "2026-01-01T00:00:00.000000Z", True, True),
+        (State.UNKNOWN, "", False, False),  # no segment at all: see _summary
     ],
 )
 def test_keep_reason_decision_table(state, last_ts, settling, kept):
     """Removed only when ended, older than the cutoff, and not written just now."""
     reason = keep_reason(_summary(state, last_ts), "2026-03-01T00:00:00.000000Z", settling=settling)
     assert (reason is not None) is kept
+
+
+def test_prune_removes_an_empty_trail_directory_left_by_an_interrupted_prune(root):
+    """A trail directory with no segment at all (a prune killed half-way) is removed when quiet."""
+    empty = root / "containers" / cid("e")
+    empty.mkdir(mode=0o700)
+    st = empty.stat()
+    os.utime(empty, (st.st_atime - 3600, st.st_mtime - 3600))
+    result = invoke(root, "prune", "--older-than", "1d")
+    assert not empty.exists()
+    assert result.lines[-1] == "Removed 3 trail(s); kept 1."
+
+
+def test_prune_keeps_a_fresh_empty_trail_directory(root):
+    """An empty trail directory created just now (a writer about to append) is kept."""
+    (root / "containers" / cid("e")).mkdir(mode=0o700)
+    invoke(root, "prune", "--older-than", "1s")
+    assert (root / "containers" / cid("e")).exists()

@@ -3,7 +3,8 @@
 A trail is removed only when all of these hold (:func:`keep_reason` decides):
 its lifecycle ended (the trail says ``exited`` or ``removed``), its last entry
 is older than AGE, and its active segment was not modified in the last
-:data:`SETTLE_S` seconds. The decision is taken again under the container's
+:data:`SETTLE_S` seconds. A trail directory without any segment file (left by
+an interrupted prune) goes once it is that quiet. The decision is taken again under the container's
 lock, which is held while the files are deleted, so no writer appends to a
 trail being removed. Files are unlinked relative to the trail's directory
 descriptor (``unlink`` never follows a symlink); then the directory, its lock
@@ -46,6 +47,9 @@ def keep_reason(summary: Summary, cutoff: str, *, settling: bool) -> str | None:
         cutoff: entry-format timestamp; entries at or after it are too recent.
         settling: the active segment was modified within :data:`SETTLE_S`.
     """
+    if summary.segments == 0:
+        # Left by a prune or a writer that crashed half-way: no history to keep.
+        return "written to just now" if settling else None
     if summary.state not in ENDED:
         return f"lifecycle not ended ({summary.state})"
     if not summary.last_ts or summary.last_ts >= cutoff:
@@ -65,11 +69,14 @@ class Outcome:
 
 
 def _settling(trails: Trails, container_id: str, now: float) -> bool:
-    try:
-        st = os.stat(f"{container_id}/{layout.ACTIVE}", dir_fd=trails.fd, follow_symlinks=False)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    return now - st.st_mtime < SETTLE_S
+    """Return whether the active segment (or, without one, the directory) changed just now."""
+    for name in (f"{container_id}/{layout.ACTIVE}", container_id):
+        try:
+            st = os.stat(name, dir_fd=trails.fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        return now - st.st_mtime < SETTLE_S
+    return False
 
 
 def _remove_trail(trails: Trails, container_id: str) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from shieldaudit.cli.output import warn
 from shieldaudit.cli.trails import Trails
 from shieldaudit.errors import AmbiguousContainerError, ContainerNotFoundError, UsageError
 
@@ -71,6 +72,7 @@ def resolve_all(root: Path, query: str, *, every: bool = False) -> list[str]:
         raise UsageError("empty container name or ID: give a name or an ID prefix")
     with Trails(root) as trails:
         kind, found = matches(trails, query)
+        warn(trails)
     if not found:
         raise ContainerNotFoundError(
             f"no trail matches {query!r}: give a container name or ID prefix "
