@@ -16,7 +16,8 @@ import sys
 def _main() -> None:
     package_parent = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
     if package_parent not in sys.path:
-        sys.path.insert(0, package_parent)
+        # Appended, not prepended: nothing in site-packages may shadow the stdlib.
+        sys.path.append(package_parent)
     from shieldaudit.hook import main  # noqa: PLC0415 -- sys.path is set just above
 
     main()

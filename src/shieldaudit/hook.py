@@ -55,6 +55,14 @@ def read_bounded(fd: int, limit: int, what: str) -> bytes:
             raise UsageError(f"{what} is larger than {limit} bytes")
 
 
+def read_stdin(fd: int) -> bytes:
+    """Read the OCI state from ``fd`` (at most :data:`MAX_STATE_BYTES`)."""
+    try:
+        return read_bounded(fd, MAX_STATE_BYTES, "OCI state on stdin")
+    except OSError as exc:
+        raise UsageError(f"cannot read the OCI state on stdin: {exc.strerror or exc}") from None
+
+
 def read_file(path: str, limit: int) -> bytes | None:
     """Return a regular file's bytes, or None when absent, unreadable, special or over ``limit``."""
     try:
@@ -191,7 +199,7 @@ def run(  # noqa: C901 -- argument parsing and the one place failures are caught
     try:
         if problem:
             raise UsageError(problem)  # noqa: TRY301 -- recorded like every failure
-        state = ocistate.parse_state(read_bounded(stdin_fd, MAX_STATE_BYTES, "OCI state on stdin"))
+        state = ocistate.parse_state(read_stdin(stdin_fd))
         container_id = state.container_id
         if stage not in ocistate.STAGES:
             raise UsageError(  # noqa: TRY301 -- recorded like every failure

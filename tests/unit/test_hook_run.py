@@ -295,3 +295,16 @@ def test_help_and_check(tmp_path, env, capsys):
     out = capsys.readouterr().out
     assert "usage: shieldaudit-hook STAGE" in out
     assert "shieldaudit-hook: ok" in out
+
+
+def test_unreadable_stdin_is_a_recorded_failure(tmp_path, env, capsys):
+    """A closed or unreadable stdin is one clear failure, not an internal error."""
+    fd = os.open(tmp_path, os.O_RDONLY)  # a directory: read() fails with EISDIR
+    try:
+        status = hook.run(["poststart"], env, fd)
+    finally:
+        os.close(fd)
+
+    assert status == 0
+    assert "cannot read the OCI state on stdin" in capsys.readouterr().err
+    assert len(errors(env)) == 1
