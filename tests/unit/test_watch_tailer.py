@@ -355,3 +355,21 @@ def test_random_crashes_and_rotations_count_each_entry_once(tmp_path):
     assert events == written
     assert rotations == len(sealed(root, CID_A)) + len(sealed(root, CID_B))
     assert final.published.integrity_failures == 0
+
+
+def test_nothing_published_while_the_checkpoint_cannot_be_saved(tmp_path):
+    """Disk full or an unwritable checkpoint: counts wait unpublished, then go out once."""
+    root = tmp_path / "root"
+    append(root, CID_A, 3)
+    blocker = checkpoint_path(root)
+    blocker.mkdir(parents=True)  # a directory where the file goes: every save fails
+    (blocker / "x").write_text("")
+    proc = Process(root).step()
+    proc.watcher.commit()
+    assert proc.events == 0
+    (blocker / "x").unlink()
+    blocker.rmdir()
+    proc.stop()
+
+    assert proc.events == 3
+    assert json.loads(blocker.read_text())["containers"][CID_A][0] == 3

@@ -137,6 +137,7 @@ class Watcher:
         self._containers_wd = -1
         self._state_wd = -1
         self._enospc_logged = False
+        self._save_failing = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         if use_inotify:
             self._start_inotify(inotify_factory)
@@ -457,8 +458,14 @@ class Watcher:
                 self._checkpoint.save(self._hook.position)
             except OSError as exc:
                 # Nothing is published until it is saved: counts wait, never double.
-                log.warning("cannot save checkpoint %s: %s", self._checkpoint.path, exc)
+                if not self._save_failing:
+                    log.warning("cannot save checkpoint %s: %s", self._checkpoint.path, exc)
+                self._save_failing = True
+                self._last_commit = self._clock()  # retried after the usual gap
                 return
+            if self._save_failing:
+                log.warning("checkpoint saved again after earlier failures")
+            self._save_failing = False
             self._resumed = True
         self._unsaved.clear()
         self._removed_since_save = False
