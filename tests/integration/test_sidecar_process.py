@@ -235,3 +235,27 @@ def test_emit_writes_watch_event_lines(tmp_path, sidecars):
     assert sidecar.terminate() == 0
     with contextlib.suppress(RuntimeError):
         reader.join(timeout=10)
+
+
+def test_hook_failures_counted_once(tmp_path, sidecars):
+    """Failures the real hook records are counted, live and not again after a restart."""
+    root = tmp_path / "root"
+    write(root, IDS[0], 1)
+    hook = [sys.executable, "-c", "from shieldaudit.hook import main; main()", "poststop"]
+    env = {"SHIELDAUDIT_ROOT": str(root), "SHIELDAUDIT_FSYNC": "never"}
+
+    def fail_hook() -> None:
+        subprocess.run(hook, input=b"", env=env, capture_output=True, check=True, timeout=60)
+
+    fail_hook()
+    first = sidecars(root)
+    first.wait_for(lambda v: v.get("shieldaudit_hook_errors_total") == 1, "history")
+    fail_hook()
+    first.wait_for(lambda v: v.get("shieldaudit_hook_errors_total") == 2, "a live failure")
+    assert first.terminate() == 0
+
+    fail_hook()
+    second = sidecars(root)
+    values = second.wait_for(lambda v: v.get("shieldaudit_hook_errors_total", 0) >= 1, "restart")
+    assert values["shieldaudit_hook_errors_total"] == 1
+    assert second.terminate() == 0
