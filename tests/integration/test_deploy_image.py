@@ -1,0 +1,426 @@
+"""The sidecar image: built from the Containerfile, run, scraped, played with kube play.
+
+The sidecar image is built from the Containerfile on a Debian base image made
+with debootstrap (no registry is reachable in CI), offline, from wheels built
+on the host. The debootstrapped root filesystem is cached in pytest's cache
+directory, so only the first session pays for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from shieldaudit import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from podman_harness import PodmanEnv
+
+REPO = Path(__file__).resolve().parents[2]
+BASE_IMAGE = "localhost/shieldaudit-base:test"
+SIDECAR_IMAGE = "localhost/shieldaudit:test"
+DEADLINE_S = 60.0
+VENV_BIN = Path(sys.executable).parent
+T = TypeVar("T")
+HOOK = VENV_BIN / "shieldaudit-hook"
+SHIELDAUDIT = VENV_BIN / "shieldaudit"
+
+
+def free_port() -> int:
+    """Return a TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str) -> tuple[int, str] | None:
+    """GET ``url``: (status, body), or None when nothing answers yet."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 -- http://127.0.0.1 only
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace")
+        exc.close()
+        return exc.code, body
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+    """Parse ``/metrics`` into {(sample name, labels): value}, or None if it does not answer."""
+    answer = http_get(f"http://127.0.0.1:{port}/metrics")
+    if answer is None or answer[0] != 200:
+        return None
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(answer[1])
+        for sample in family.samples
+    }
+
+
+def sample(metrics: dict | None, name: str, **labels: str) -> float | None:
+    """Return one sample's value from :func:`scrape`'s result (None if absent)."""
+    if metrics is None:
+        return None
+    return metrics.get((name, frozenset(labels.items())))
+
+
+def wait_for(
+    probe: Callable[[], T | None],
+    what: str,
+    diagnose: Callable[[], str],
+    alive: Callable[[], bool] = lambda: True,
+) -> T:
+    """Poll ``probe`` until it returns something truthy (60 s deadline).
+
+    Fails at once when ``alive`` says the process under test is gone.
+    """
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        value = probe()
+        if value:
+            return value
+        if not alive():
+            pytest.fail(
+                f"gave up waiting for {what}: it is not running\n{diagnose()}", pytrace=False
+            )
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}\n{diagnose()}", pytrace=False)
+        time.sleep(0.2)
+
+
+def write_hook_entry(root: Path, container_id: str, stage: str = "createRuntime") -> None:
+    """Append one entry from the host, as the runtime would: the real hook, empty env."""
+    state = {"ociVersion": "1.0.2", "id": container_id, "status": "creating", "pid": 0}
+    state["bundle"] = str(root / "no-bundle")
+    result = subprocess.run(
+        [str(HOOK), stage],
+        input=json.dumps(state),
+        env={"SHIELDAUDIT_ROOT": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr
+
+
+def trail_root(tmp_path: Path) -> Path:
+    """A fresh, private (0700) trail root."""
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    return root
+
+
+def _build_context(dest: Path, wheels_from: Path) -> None:
+    """Assemble the build context: what the Containerfile copies, plus the wheels."""
+    dest.mkdir()
+    for name in ("Containerfile", ".containerignore", "pyproject.toml", "README.md"):
+        if (REPO / name).exists():
+            shutil.copy2(REPO / name, dest / name)
+    shutil.copytree(
+        REPO / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    shutil.copytree(wheels_from, dest / "wheels")
+
+
+def build_images(podman: PodmanEnv, work: Path, cache: Path) -> None:
+    """Build the base image (cached rootfs) and the sidecar image into ``podman``'s storage."""
+    base = subprocess.run(
+        [str(REPO / "scripts" / "build-base-image.sh"), BASE_IMAGE],
+        env={**podman.env, "ROOTFS_CACHE": str(cache / "rootfs-bookworm.tar")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert base.returncode == 0, base.stderr
+    wheels = work / "wheels"
+    # On the host, where pip's index configuration works: the image build then
+    # runs with --network none and proves the documented offline path.
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert pip.returncode == 0, pip.stderr
+    context = work / "context"
+    _build_context(context, wheels)
+    podman.run(
+        "build",
+        "--quiet",
+        "--format",
+        "docker",
+        "--network",
+        "none",
+        "--build-arg",
+        f"BASE_IMAGE={BASE_IMAGE}",
+        "--build-arg",
+        "WHEELS=wheels",
+        "--tag",
+        SIDECAR_IMAGE,
+        str(context),
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="session")
+def sidecar_image(podman_env, tmp_path_factory, request) -> str:
+    """The sidecar image built from the Containerfile, once per session."""
+    cache = Path(request.config.cache.mkdir("shieldaudit-base-rootfs"))
+    build_images(podman_env, tmp_path_factory.mktemp("image-build"), cache)
+    return SIDECAR_IMAGE
+
+
+def container_alive(podman: PodmanEnv, name: str) -> bool:
+    """Whether container ``name`` runs and has not been restarted (a crash loop is not alive)."""
+    state = podman.run(
+        "inspect", "--format", "{{.State.Status}} {{.RestartCount}}", name, check=False
+    ).stdout.split()
+    return state == ["running", "0"]
+
+
+class Sidecar:
+    """A sidecar container started with ``podman run -d``; removed on exit."""
+
+    def __init__(self, podman: PodmanEnv, name: str, port: int) -> None:
+        """Remember how to reach and remove the container."""
+        self.podman = podman
+        self.name = name
+        self.port = port
+
+    def logs(self) -> str:
+        """Return the container's output and state, for failure messages."""
+        logs = self.podman.run("logs", self.name, check=False)
+        state = self.podman.run(
+            "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", self.name, check=False
+        )
+        return f"state: {state.stdout}{state.stderr}\n--- logs ---\n{logs.stdout}{logs.stderr}"
+
+    def alive(self) -> bool:
+        """Whether the container is still running (and never restarted)."""
+        return container_alive(self.podman, self.name)
+
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+        """Scrape the container's /metrics from the host."""
+        return scrape(self.port)
+
+
+@contextlib.contextmanager
+def run_sidecar(
+    podman: PodmanEnv,
+    image: str,
+    name: str,
+    root: Path,
+    *extra: str,
+    socket_path: Path | None = None,
+) -> Iterator[Sidecar]:
+    """Run the image's default command (or ``extra``) with ``root`` mounted; yield, remove."""
+    port = free_port()
+    volumes = ["--volume", f"{root}:/var/lib/shieldaudit"]
+    if socket_path is not None:
+        volumes += ["--volume", f"{socket_path}:/run/podman/podman.sock"]
+    podman.run(
+        "run",
+        "--detach",
+        "--name",
+        name,
+        # Host networking: scraped from the host without port-forwarding rules
+        # (the test configuration gives containers no network at all).
+        "--network",
+        "host",
+        # No healthcheck timer (there is no systemd here); tests run it by hand.
+        "--health-interval",
+        "disable",
+        # A log file `podman logs` can read back (journald may be absent).
+        "--log-driver",
+        "k8s-file",
+        *volumes,
+        "--env",
+        f"SHIELDAUDIT_METRICS_PORT={port}",
+        image,
+        *extra,
+    )
+    try:
+        yield Sidecar(podman, name, port)
+    finally:
+        podman.run("rm", "--force", "--time", "5", name, check=False)
+
+
+CONTAINER_ID = "c0ffee" * 10 + "c0de"
+EVENTS = "shieldaudit_events_total"
+
+
+def pod_yaml(root: Path, socket_path: Path, image: str, port: int, *args: str) -> dict:
+    """deploy/kube/pod.yaml with this test's image, port and host paths (nothing else changed)."""
+    pod = yaml.safe_load((REPO / "deploy" / "kube" / "pod.yaml").read_text())
+    (container,) = pod["spec"]["containers"]
+    container["image"] = image
+    if args:
+        container["args"] = list(args)
+    for env in container["env"]:
+        if env["name"] == "SHIELDAUDIT_METRICS_PORT":
+            env["value"] = str(port)
+    host_paths = {"/var/lib/shieldaudit": root, "/run/podman/podman.sock": socket_path}
+    for volume in pod["spec"]["volumes"]:
+        volume["hostPath"]["path"] = str(host_paths[volume["hostPath"]["path"]])
+    return pod
+
+
+@pytest.mark.podman
+def test_image_is_multi_stage_small_and_labelled(podman_env, sidecar_image):
+    """The runtime stage holds the venv only: no source tree, no pip; labels, healthcheck, volumes.
+
+    It also runs: ``--version`` prints the package version through the entrypoint.
+    """
+    (info,) = json.loads(podman_env.run("image", "inspect", sidecar_image).stdout)
+    config = info["Config"]
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.title"] == "shieldaudit"
+    assert labels["org.opencontainers.image.version"] == __version__
+    assert config["Entrypoint"] == ["shieldaudit"]
+    assert config["Cmd"] == ["sidecar"]
+    assert set(config["Volumes"]) == {
+        "/var/lib/shieldaudit",
+        "/run/podman",
+        "/etc/containers/oci/hooks.d",
+    }
+    assert "9469/tcp" in config["ExposedPorts"]
+    health = info.get("Healthcheck")
+    assert health is not None
+    assert "/healthz" in " ".join(health["Test"])
+    version = podman_env.run("run", "--rm", sidecar_image, "--version").stdout
+    assert version.strip() == f"shieldaudit, version {__version__}"
+    leftovers = podman_env.run(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/bin/sh",
+        sidecar_image,
+        "-c",
+        "test ! -e /src && ! python3 -c 'import pip' 2>/dev/null && echo clean",
+    )
+    assert leftovers.stdout.strip() == "clean"
+    base_size = json.loads(podman_env.run("image", "inspect", BASE_IMAGE).stdout)[0]["Size"]
+    # Small: the venv adds little to the base (no compilers, caches or sources).
+    assert info["Size"] - base_size < 60 * 1024 * 1024
+
+
+@pytest.mark.podman
+def test_sidecar_container_counts_entries_written_on_the_host(podman_env, sidecar_image, tmp_path):
+    """Trails written on the host by the real hook show up in the container's /metrics.
+
+    The sidecar runs from the image with the trail root mounted (no listener),
+    /healthz and /readyz answer, and the image's HEALTHCHECK passes.
+    """
+    root = trail_root(tmp_path)
+    with run_sidecar(
+        podman_env, sidecar_image, "sa-deploy-hook", root, "sidecar", "--no-listen"
+    ) as sidecar:
+        metrics = wait_for(sidecar.metrics, "/metrics", sidecar.logs, sidecar.alive)
+        assert sample(metrics, "shieldaudit_build_info", version=__version__) == 1.0
+        write_hook_entry(root, CONTAINER_ID)
+
+        def counted() -> bool:
+            value = sample(sidecar.metrics(), EVENTS, source="hook", action="createRuntime")
+            return value == 1.0
+
+        wait_for(counted, "the hook entry to be counted", sidecar.logs, sidecar.alive)
+        assert sample(sidecar.metrics(), "shieldaudit_watched_containers") == 1.0
+        assert http_get(f"http://127.0.0.1:{sidecar.port}/healthz") is not None
+        wait_for(
+            lambda: (http_get(f"http://127.0.0.1:{sidecar.port}/readyz") or (0, ""))[0] == 200,
+            "/readyz",
+            sidecar.logs,
+            sidecar.alive,
+        )
+        health = podman_env.run("healthcheck", "run", sidecar.name, check=False)
+        assert health.returncode == 0, health.stdout + health.stderr
+
+
+@pytest.mark.podman
+def test_sidecar_container_follows_podman_events_through_the_socket(
+    podman_env, podman_service, sidecar_image, tmp_path
+):
+    """With the Podman socket mounted, the in-image listener records a container's lifecycle.
+
+    The image's default command (sidecar with the listener) connects, turns
+    ready, and counts the `start` event of a container run on the host.
+    """
+    root = trail_root(tmp_path)
+    with run_sidecar(
+        podman_env, sidecar_image, "sa-deploy-events", root, socket_path=podman_service.socket_path
+    ) as sidecar:
+
+        def connected() -> bool:
+            return sample(sidecar.metrics(), "shieldaudit_listener_connected") == 1.0
+
+        wait_for(connected, "the listener to connect", sidecar.logs, sidecar.alive)
+        podman_env.run("run", "--rm", "--name", "sa-deploy-demo", podman_env.image, "true")
+
+        def started() -> bool:
+            value = sample(sidecar.metrics(), EVENTS, source="events", action="start")
+            return value is not None and value >= 1.0
+
+        wait_for(started, "the start event to be counted", sidecar.logs, sidecar.alive)
+        status = http_get(f"http://127.0.0.1:{sidecar.port}/readyz")
+        assert status is not None
+        assert status[0] == 200
+
+
+@pytest.mark.podman
+def test_kube_play_runs_the_pod_yaml(podman_env, podman_service, sidecar_image, tmp_path):
+    """`podman kube play deploy/kube/pod.yaml` runs the sidecar; it counts host-written entries.
+
+    Only the image, the port and the two host paths are changed for the test.
+    `kube play --down` removes the pod again.
+    """
+    root = trail_root(tmp_path)
+    port = free_port()
+    spec = tmp_path / "pod.yaml"
+    spec.write_text(yaml.safe_dump(pod_yaml(root, podman_service.socket_path, sidecar_image, port)))
+    podman_env.run("kube", "play", "--log-driver", "k8s-file", str(spec))
+    try:
+
+        def logs() -> str:
+            result = podman_env.run("logs", "shieldaudit-sidecar", check=False)
+            return result.stdout + result.stderr
+
+        write_hook_entry(root, CONTAINER_ID)
+
+        def counted() -> bool:
+            value = sample(scrape(port), EVENTS, source="hook", action="createRuntime")
+            return value == 1.0
+
+        def alive() -> bool:
+            return container_alive(podman_env, "shieldaudit-sidecar")
+
+        wait_for(counted, "the kube-played sidecar to count the entry", logs, alive)
+        wait_for(
+            lambda: sample(scrape(port), "shieldaudit_listener_connected") == 1.0,
+            "the listener in the pod to connect",
+            logs,
+            alive,
+        )
+    finally:
+        podman_env.run("kube", "play", "--down", str(spec), check=False)
+    pods = podman_env.run("pod", "ps", "--format", "{{.Name}}").stdout.split()
+    assert "shieldaudit" not in pods
