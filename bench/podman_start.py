@@ -6,6 +6,8 @@ test harness does) and the local busybox test image. Interleaves, per round:
 * no hooks (an empty ``--hooks-dir``): the baseline;
 * three no-op hooks (``/bin/true`` at createRuntime, poststart, poststop): what
   the runtime's own hook machinery costs, whatever the hook does;
+* three hooks that only start the interpreter (``python -I -S -c pass``): the
+  floor for any hook written in Python;
 * the default shieldaudit hooks, written by ``shieldaudit install-hooks``.
 
 Prints a Markdown table of medians and ratios. Target: shieldaudit hooks at most
@@ -45,16 +47,17 @@ def podman_env(tmp: Path) -> dict[str, str]:
     }
 
 
-def noop_hooks(directory: Path) -> None:
+def fixed_hooks(directory: Path, argv: list[str]) -> None:
+    """Write hooks.d files running ``argv`` (ignoring stdin) at the default stages."""
     directory.mkdir()
     for stage in STAGES:
         doc = {
             "version": "1.0.0",
-            "hook": {"path": "/bin/true", "args": ["true"]},
+            "hook": {"path": argv[0], "args": argv},
             "when": {"always": True},
             "stages": [stage],
         }
-        (directory / f"noop-{stage}.json").write_text(json.dumps(doc))
+        (directory / f"fixed-{stage}.json").write_text(json.dumps(doc))
 
 
 def timed_run(env: dict[str, str], hooks_dir: Path) -> float:
@@ -93,7 +96,10 @@ def main() -> None:
         none_dir = tmp / "hooks-none"
         none_dir.mkdir()
         noop_dir = tmp / "hooks-noop"
-        noop_hooks(noop_dir)
+        fixed_hooks(noop_dir, ["/bin/true"])
+        python = os.path.realpath(sys.executable)
+        bare_dir = tmp / "hooks-bare-python"
+        fixed_hooks(bare_dir, [python, "-I", "-S", "-c", "pass"])
         audit_dir = tmp / "hooks-shieldaudit"
         root = tmp / "root"
         subprocess.run(
@@ -111,6 +117,7 @@ def main() -> None:
         cases = {
             "no hooks (baseline)": none_dir,
             "3 no-op hooks (/bin/true)": noop_dir,
+            "3 bare interpreter hooks (python -I -S -c pass)": bare_dir,
             "3 shieldaudit hooks (install-hooks default)": audit_dir,
         }
         times: dict[str, list[float]] = {name: [] for name in cases}
