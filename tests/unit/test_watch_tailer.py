@@ -373,3 +373,25 @@ def test_nothing_published_while_the_checkpoint_cannot_be_saved(tmp_path):
 
     assert proc.events == 3
     assert json.loads(blocker.read_text())["containers"][CID_A][0] == 3
+
+
+def test_retention_while_down_counts_what_is_left_once(tmp_path):
+    """Retention removed the anchor's segment while down: the rest is counted once.
+
+    The entries deleted before anyone read them show as one integrity failure
+    (a gap in the chain).
+    """
+    root = tmp_path / "root"
+    append(root, CID_A, 3, keep_segments=2)
+    first = Process(root).stop()
+    append(root, CID_A, 30, keep_segments=2)  # many rotations; only 2 sealed segments kept
+    files = sealed(root, CID_A)
+    assert len(files) == 2
+    second = Process(root).stop()
+    seqs = [e["seq"] for e in second.emitted]
+
+    assert first.events == 3
+    assert seqs == list(range(seqs[0], 34))
+    assert seqs[0] > 4  # the entries between were deleted before anyone read them
+    assert second.published.integrity_failures == 1
+    assert second.published.rotations == 2
