@@ -185,7 +185,13 @@ def build_images(podman: PodmanEnv, work: Path, cache: Path) -> None:
 @pytest.fixture(scope="session")
 def sidecar_image(podman_env, tmp_path_factory, request) -> str:
     """The sidecar image built from the Containerfile, once per session."""
-    cache = Path(request.config.cache.mkdir("shieldaudit-base-rootfs"))
+    # pytest's cache dir survives sessions: only the first one pays for
+    # debootstrap. Without the cache plugin (-p no:cacheprovider), every session does.
+    store = getattr(request.config, "cache", None)
+    if store is not None:
+        cache = Path(store.mkdir("shieldaudit-base-rootfs"))
+    else:
+        cache = tmp_path_factory.mktemp("rootfs-cache")
     build_images(podman_env, tmp_path_factory.mktemp("image-build"), cache)
     return SIDECAR_IMAGE
 
