@@ -430,3 +430,72 @@ def test_kube_play_runs_the_pod_yaml(podman_env, podman_service, sidecar_image, 
         podman_env.run("kube", "play", "--down", str(spec), check=False)
     pods = podman_env.run("pod", "ps", "--format", "{{.Name}}").stdout.split()
     assert "shieldaudit" not in pods
+
+
+@pytest.mark.podman
+def test_daemonset_init_container_leaves_a_working_hook_on_the_node(
+    podman_env, sidecar_image, tmp_path
+):
+    """The DaemonSet's init container, run as written, installs hooks the node can run.
+
+    Host directories stand in for the node's hooks dir, /opt/shieldaudit and
+    trail root. Every hooks.d file names the image's interpreter and a script
+    inside the copied /opt/shieldaudit; running that command on this host
+    (Debian with python3.11, as the docs require of nodes) with the file's
+    own environment writes an entry.
+    """
+    (daemonset,) = yaml.safe_load_all((REPO / "deploy" / "kube" / "daemonset.yaml").read_text())
+    (init,) = daemonset["spec"]["template"]["spec"]["initContainers"]
+    node = tmp_path / "node"
+    hooks, agent = node / "hooks.d", node / "opt-shieldaudit"
+    hooks.mkdir(parents=True)
+    agent.mkdir()
+    root = trail_root(tmp_path)
+    podman_env.run(
+        "run",
+        "--rm",
+        "--read-only",
+        "--volume",
+        f"{hooks}:/host/hooks.d",
+        "--volume",
+        f"{agent}:/host/opt/shieldaudit",
+        "--volume",
+        f"{root}:/var/lib/shieldaudit",
+        *[arg for env in init["env"] for arg in ("--env", f"{env['name']}={env['value']}")],
+        "--entrypoint",
+        init["command"][0],
+        sidecar_image,
+        *init["command"][1:],
+        *init["args"],
+    )
+    files = sorted(hooks.glob("shieldaudit-*.json"))
+    assert [f.name for f in files] == [
+        "shieldaudit-createRuntime.json",
+        "shieldaudit-poststart.json",
+        "shieldaudit-poststop.json",
+    ]
+    hook = json.loads(files[0].read_text())["hook"]
+    interpreter, script = hook["path"], hook["args"][-2]
+    assert interpreter.startswith("/usr/bin/python3")
+    assert script.startswith("/opt/shieldaudit/")
+    on_node = agent / script.removeprefix("/opt/shieldaudit/")
+    assert on_node.is_file()
+    # As CRI-O would run it on the node, with the node paths of this test.
+    env = dict(item.split("=", 1) for item in hook["env"])
+    assert env["SHIELDAUDIT_ROOT"] == "/var/lib/shieldaudit"
+    env["SHIELDAUDIT_ROOT"] = str(root)
+    state = {"ociVersion": "1.0.2", "id": CONTAINER_ID, "status": "creating", "pid": 0}
+    state["bundle"] = str(root / "no-bundle")
+    argv = [interpreter, *hook["args"][1:-2], str(on_node), hook["args"][-1]]
+    result = subprocess.run(
+        argv,
+        input=json.dumps(state),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    (entry,) = (root / "containers" / CONTAINER_ID / "audit.jsonl").read_text().splitlines()
+    assert json.loads(entry)["action"] == "createRuntime"
