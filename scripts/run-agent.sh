@@ -62,9 +62,10 @@ fi
 # The hooks write the trails as soon as they are installed: the root must
 # exist first, private (a group- or world-writable root is refused).
 install -d -m 0700 "$root"
-# Fail-open on purpose: a host that tries shieldaudit must not lose the
-# ability to start containers. Use install-hooks --fail-closed deliberately.
-"$shieldaudit" install-hooks "${hooks_args[@]}" >&2
+# Fail-open on purpose, whatever the environment or config file says: a host
+# that tries shieldaudit must not lose the ability to start containers. Choose
+# fail-closed deliberately, with install-hooks --fail-closed.
+SHIELDAUDIT_FAIL_CLOSED=0 "$shieldaudit" install-hooks "${hooks_args[@]}" >&2
 
 podman_pid=
 cleanup() {

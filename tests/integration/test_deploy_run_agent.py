@@ -123,6 +123,8 @@ def test_run_agent_quick_start(podman_env, tmp_path):
         "SHIELDAUDIT_PODMAN_URL": f"unix://{socket_path}",
         "HOOKS_DIR": str(hooks),
         "START_PODMAN": "auto",
+        # make run installs fail-open even where fail-closed is configured.
+        "SHIELDAUDIT_FAIL_CLOSED": "1",
         "VENV": str(SHIELDAUDIT.parent.parent),
     }
     env.pop("SHIELDAUDIT_CONFIG", None)
