@@ -21,28 +21,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from shieldaudit.errors import ShieldAuditError
-from shieldaudit.store import chain, layout
-from shieldaudit.store.writer import reverse_lines
-from shieldaudit.watch.checkpoint import Mark
+from shieldaudit.store import layout
+from shieldaudit.watch.anchor import (
+    ACTIVE,
+    CHUNK,
+    MAX_LINE_BYTES,
+    anchor_bytes,
+    find_pattern,
+    segment_file,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from shieldaudit.watch.checkpoint import Mark
     from shieldaudit.watch.tally import Tally
 
-MAX_LINE_BYTES: Final = 1024 * 1024
-CHUNK: Final = 1024 * 1024
-ACTIVE: Final = 0  # the segment number used for audit.jsonl in marks
 _NL: Final = b"\n"
-
-
-def anchor_bytes(mac: str) -> bytes:
-    """Return how the line of the entry with ``mac`` ends, newline included."""
-    return b'"mac":"' + mac.encode("ascii", "replace") + b'"}\n'
-
-
-def _segment_file(number: int) -> str:
-    return layout.ACTIVE if number == ACTIVE else layout.segment_name(number)
 
 
 class _Resync(Exception):  # noqa: N818 -- control flow, never escapes this module
@@ -154,7 +149,7 @@ class Tail:
     def _read_sealed(self, dir_fd: int) -> bool:
         m = self.mark
         try:
-            st = os.stat(_segment_file(m.segment), dir_fd=dir_fd, follow_symlinks=False)
+            st = os.stat(segment_file(m.segment), dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             raise _Resync from None  # removed by retention before we finished it
         if m.inode and st.st_ino != m.inode:
@@ -163,7 +158,7 @@ class Tail:
         if st.st_size < m.offset:
             raise _Resync
         if st.st_size > m.offset:
-            self._read(dir_fd, _segment_file(m.segment), sealed=True)
+            self._read(dir_fd, segment_file(m.segment), sealed=True)
             if self._budget <= 0 and m.offset < st.st_size:
                 return False
         self._finish_sealed(dir_fd)
@@ -180,7 +175,7 @@ class Tail:
         m.offset = 0
         m.skipping = False
         try:
-            m.inode = os.stat(_segment_file(m.segment), dir_fd=dir_fd, follow_symlinks=False).st_ino
+            m.inode = os.stat(segment_file(m.segment), dir_fd=dir_fd, follow_symlinks=False).st_ino
         except FileNotFoundError:
             m.inode = 0
         self._trusted = True
@@ -340,7 +335,7 @@ class Tail:
         if m.last_seq or m.last_mac:
             pattern = anchor_bytes(m.last_mac)
             for number in [ACTIVE, *reversed(numbers)]:
-                found = _find_pattern(dir_fd, _segment_file(number), pattern)
+                found = find_pattern(dir_fd, segment_file(number), pattern)
                 if found is None:
                     continue
                 inode, end, size = found
@@ -354,77 +349,6 @@ class Tail:
         m.segment = later[0] if later else ACTIVE
         m.offset = 0
         try:
-            m.inode = os.stat(_segment_file(m.segment), dir_fd=dir_fd, follow_symlinks=False).st_ino
+            m.inode = os.stat(segment_file(m.segment), dir_fd=dir_fd, follow_symlinks=False).st_ino
         except FileNotFoundError:
             m.inode = 0
-
-
-def _find_pattern(dir_fd: int, name: str, pattern: bytes) -> tuple[int, int, int] | None:
-    """Return ``(inode, offset after pattern, size)`` of the first match in a file."""
-    try:
-        fd = layout.open_regular(dir_fd, name, os.O_RDONLY, Path(name))
-    except (FileNotFoundError, ShieldAuditError):
-        return None
-    try:
-        st = os.fstat(fd)
-        pos = 0
-        keep = len(pattern) - 1
-        tail = b""
-        while True:
-            chunk = os.pread(fd, CHUNK, pos)
-            if not chunk:
-                return None
-            data = tail + chunk
-            hit = data.find(pattern)
-            if hit >= 0:
-                return st.st_ino, pos - len(tail) + hit + len(pattern), st.st_size
-            tail = data[-keep:]
-            pos += len(chunk)
-    finally:
-        os.close(fd)
-
-
-def mark_at_end(dir_fd: int) -> Mark:
-    """Return a mark that skips all history: after the last entry, every segment counted."""
-    numbers = layout.list_segment_numbers(dir_fd)
-    mark = Mark(rotated=numbers[-1] if numbers else 0)
-    for number in [ACTIVE, *reversed(numbers)]:
-        name = _segment_file(number)
-        try:
-            fd = layout.open_regular(dir_fd, name, os.O_RDONLY, Path(name))
-        except (FileNotFoundError, ShieldAuditError):
-            continue
-        try:
-            st = os.fstat(fd)
-            end = st.st_size
-            if end and os.pread(fd, 1, end - 1) != _NL:
-                end = _last_line_end(fd, end)
-            for line in reverse_lines(fd, end):
-                head = chain.head_of((line,))
-                if head is not None:
-                    mark.last_seq, mark.last_mac = head
-                    mark.segment, mark.inode = number, st.st_ino
-                    mark.offset = _line_end_of(fd, end, head[1])
-                    return mark
-        finally:
-            os.close(fd)
-    return mark
-
-
-def _last_line_end(fd: int, size: int) -> int:
-    pos = size
-    while pos > 0:
-        step = min(CHUNK, pos)
-        pos -= step
-        nl = os.pread(fd, step, pos).rfind(_NL)
-        if nl >= 0:
-            return pos + nl + 1
-    return 0
-
-
-def _line_end_of(fd: int, end: int, mac: str) -> int:
-    """Return the offset just after the line carrying ``mac``, searching back from ``end``."""
-    pattern = anchor_bytes(mac)
-    start = max(0, end - 2 * MAX_LINE_BYTES)
-    hit = os.pread(fd, end - start, start).rfind(pattern)
-    return start + hit + len(pattern) if hit >= 0 else end

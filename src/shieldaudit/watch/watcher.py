@@ -14,7 +14,6 @@ is on disk (see :mod:`shieldaudit.watch.tally`).
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import selectors
@@ -25,10 +24,12 @@ from typing import TYPE_CHECKING, Final, Self
 from shieldaudit.errors import ShieldAuditError
 from shieldaudit.store import layout
 from shieldaudit.watch import inotify
+from shieldaudit.watch.anchor import ACTIVE, mark_at_end
 from shieldaudit.watch.checkpoint import CheckpointWriter, Mark, checkpoint_path, load
 from shieldaudit.watch.hookerrors import HookErrorsTail
-from shieldaudit.watch.tailer import ACTIVE, Tail, mark_at_end
+from shieldaudit.watch.tailer import Tail
 from shieldaudit.watch.tally import Tally
+from shieldaudit.watch.watches import Watches
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,33 +37,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shieldaudit.sidecar")
 
-CONTAINERS_MASK: Final = (
-    inotify.IN_CREATE
-    | inotify.IN_MOVED_TO
-    | inotify.IN_DELETE
-    | inotify.IN_MOVED_FROM
-    | inotify.IN_ONLYDIR
-    | inotify.IN_DONT_FOLLOW
-)
-TRAIL_MASK: Final = (
-    inotify.IN_MODIFY
-    | inotify.IN_CREATE
-    | inotify.IN_MOVED_FROM
-    | inotify.IN_MOVED_TO
-    | inotify.IN_CLOSE_WRITE
-    | inotify.IN_DELETE
-    | inotify.IN_ONLYDIR
-    | inotify.IN_DONT_FOLLOW
-)
-STATE_MASK: Final = inotify.IN_MODIFY | inotify.IN_CREATE | inotify.IN_MOVED_TO | inotify.IN_ONLYDIR
 #: Bytes read from one trail before others get a turn and a checkpoint may happen.
 READ_BUDGET: Final = 4 * 1024 * 1024
 #: Checkpoint at least this often while entries flow (DESIGN §6: at least once per second).
 MAX_COMMIT_INTERVAL: Final = 1.0
 #: Housekeeping wake-up when idle and nothing is polled.
 IDLE_TIMEOUT: Final = 30.0
-
-Publisher = "Callable[[Tally], None]"
 
 
 class Watcher:
@@ -131,12 +111,7 @@ class Watcher:
         self._last_poll = 0.0
         self._last_commit = clock()
         self._commit_cost = 0.0
-        self._inotify: inotify.Inotify | None = None
-        self._wd_to_id: dict[int, str] = {}
-        self._id_to_wd: dict[str, int] = {}
-        self._containers_wd = -1
-        self._state_wd = -1
-        self._enospc_logged = False
+        self._watches: Watches | None = None
         self._save_failing = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         if use_inotify:
@@ -146,18 +121,11 @@ class Watcher:
 
     def _start_inotify(self, factory: Callable[[], inotify.Inotify]) -> None:
         try:
-            self._inotify = factory()
-            self._containers_wd = self._inotify.add_watch(
-                layout.containers_path(self.root), CONTAINERS_MASK
-            )
-            self._state_wd = self._inotify.add_watch(self._state_dir, STATE_MASK)
+            self._watches = Watches(self.root, factory)
         except OSError as exc:
             log.warning(
                 "inotify unavailable (%s): polling every %gs instead", exc, self._poll_interval
             )
-            if self._inotify is not None:
-                self._inotify.close()
-            self._inotify = None
             self._poll_all = True
 
     @property
@@ -177,9 +145,9 @@ class Watcher:
 
     def close(self) -> None:
         """Release every descriptor."""
-        if self._inotify is not None:
-            self._inotify.close()
-            self._inotify = None
+        if self._watches is not None:
+            self._watches.close()
+            self._watches = None
         for fd in (self._containers_fd, self._root_fd, self._wake_r, self._wake_w):
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -202,8 +170,8 @@ class Watcher:
         selector = selectors.DefaultSelector()
         try:
             selector.register(self._wake_r, selectors.EVENT_READ)
-            if self._inotify is not None:
-                selector.register(self._inotify.fileno(), selectors.EVENT_READ)
+            if self._watches is not None:
+                selector.register(self._watches.fileno(), selectors.EVENT_READ)
             while not stop.is_set():
                 for key, _ in selector.select(self._timeout()):
                     if key.fd == self._wake_r:
@@ -277,24 +245,8 @@ class Watcher:
         self._dirty.add(cid)
 
     def _watch(self, cid: str) -> None:
-        if self._inotify is None:
-            return
-        path = layout.containers_path(self.root) / cid
-        try:
-            wd = self._inotify.add_watch(path, TRAIL_MASK)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                if not self._enospc_logged:
-                    log.warning(
-                        "inotify watch limit reached (fs.inotify.max_user_watches): polling "
-                        "unwatched trails every %gs; raise the limit to watch them all",
-                        self._poll_interval,
-                    )
-                    self._enospc_logged = True
-                self._polled.add(cid)
-            return  # ENOENT: removed already; the next scan drops it
-        self._wd_to_id[wd] = cid
-        self._id_to_wd[cid] = wd
+        if self._watches is not None and not self._watches.add(cid, self._poll_interval):
+            self._polled.add(cid)
 
     def _remove(self, cid: str) -> None:
         self._tails.pop(cid, None)
@@ -303,49 +255,26 @@ class Watcher:
         self._polled.discard(cid)
         self._checkpoint.forget(cid)
         self._removed_since_save = True
-        wd = self._id_to_wd.pop(cid, None)
-        if wd is not None:
-            self._wd_to_id.pop(wd, None)
-            if self._inotify is not None:
-                with contextlib.suppress(OSError):
-                    self._inotify.rm_watch(wd)
+        if self._watches is not None:
+            self._watches.remove(cid)
 
     def _handle_events(self) -> None:
-        assert self._inotify is not None  # noqa: S101 -- only registered when present
-        changed_count = False
-        for event in self._inotify.read_events():
-            if event.mask & inotify.IN_Q_OVERFLOW:
+        assert self._watches is not None  # noqa: S101 -- only registered when present
+        count = len(self._tails)
+        for change in self._watches.read():
+            if change.kind == "changed":
+                self._dirty.add(change.cid)
+            elif change.kind == "added":
+                self._add(change.cid, at_start=False)
+            elif change.kind == "removed":
+                self._remove(change.cid)
+            elif change.kind == "hook_errors":
+                self._hook_dirty = True
+            else:
                 log.warning("inotify queue overflowed: rescanning every trail")
                 self.scan()
-                continue
-            if event.wd == self._containers_wd:
-                changed_count = self._on_containers_event(event) or changed_count
-            elif event.wd == self._state_wd:
-                if event.name == layout.HOOK_ERRORS_FILE:
-                    self._hook_dirty = True
-            else:
-                cid = self._wd_to_id.get(event.wd)
-                if cid is None:
-                    continue
-                if event.mask & inotify.IN_IGNORED:
-                    self._wd_to_id.pop(event.wd, None)
-                    self._id_to_wd.pop(cid, None)
-                    continue
-                self._dirty.add(cid)
-        if changed_count:
+        if len(self._tails) != count:
             self._watched(len(self._tails))
-
-    def _on_containers_event(self, event: inotify.Event) -> bool:
-        """Add or drop a trail directory; return whether the set changed."""
-        if not layout.is_container_id(event.name):
-            return False
-        if event.mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO):
-            self._add(event.name, at_start=False)
-            return True
-        if event.mask & (inotify.IN_DELETE | inotify.IN_MOVED_FROM):
-            self._remove(event.name)
-            return True
-        return False
 
     def _maybe_poll(self) -> None:
         if not (self._poll_all or self._polled):
