@@ -4,7 +4,8 @@ It runs synchronously on every container's start path, often with an empty
 environment (Podman runs ``poststop`` with no PATH or HOME), so:
 
 * it imports only the standard library's cheapest modules and the project's
-  lean ones (:mod:`~shieldaudit.ocistate`, :mod:`~shieldaudit.hookstore`,
+  lean ones (:mod:`~shieldaudit.ocistate`, :mod:`~shieldaudit.hooksettings`,
+  :mod:`~shieldaudit.hookstore`, :mod:`~shieldaudit.hookchain`,
   :mod:`~shieldaudit.leanjson`); the reference writer and the full settings
   loader are imported only for the unusual cases (see ``hookstore``);
 * it never hangs: stdin is read up to 1 MiB, the lock wait is bounded (2 s);
@@ -27,7 +28,7 @@ import os
 import sys
 import time
 
-from shieldaudit import hookstore, leanjson, ocistate
+from shieldaudit import hooksettings, hookstore, leanjson, ocistate
 from shieldaudit.errors import InvalidContainerIdError, ShieldAuditError, UsageError
 
 TYPE_CHECKING = False
@@ -128,7 +129,7 @@ def append_entry(
     clock: Callable[[], int],
 ) -> None:
     """Append through the fast path, else through the reference TrailWriter."""
-    lean = hookstore.lean_settings(environ)
+    lean = hooksettings.lean_settings(environ)
     if lean is not None:
         try:
             hookstore.append(lean, container_id, fields, clock=clock, skip=skip)
@@ -146,7 +147,7 @@ def append_entry(
 
 def error_root(environ: Mapping[str, str]) -> str | None:
     """Return the root to record a failure under, even when the settings do not load."""
-    lean = hookstore.lean_settings(environ)
+    lean = hooksettings.lean_settings(environ)
     if lean is not None:
         return lean.root
     root = environ.get("SHIELDAUDIT_ROOT", "").strip()
@@ -244,7 +245,7 @@ def fail(
         if root is not None
         else "no usable root"
     )
-    closed = flag_closed or hookstore.env_fail_closed(environ)
+    closed = flag_closed or hooksettings.env_fail_closed(environ)
     suffix = f" [failure not recorded: {why_not}]" if why_not else ""
     verdict = "container refused (fail-closed)" if closed else "container allowed (fail-open)"
     print(f"shieldaudit-hook {stage or '?'}: {message}; {verdict}{suffix}", file=sys.stderr)

@@ -28,185 +28,29 @@ import os
 import stat
 import time
 
-from shieldaudit import leanjson
+from shieldaudit import hookchain, leanjson
 from shieldaudit.errors import LockTimeoutError, StorageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-# Mirrors of shieldaudit.settings / store.layout / store.chain / store.writer
-# constants; tests/unit/test_hook_store.py pins that they stay equal.
-DEFAULT_CONFIG_FILE = "/etc/shieldaudit/config.toml"
-DEFAULT_ROOT_FOR_ROOT = "/var/lib/shieldaudit"
-DEFAULT_MAX_SEGMENT_BYTES = 10 * 1024 * 1024
-DEFAULT_KEEP_SEGMENTS = 20
-MIN_SEGMENT_BYTES = 256
+    from shieldaudit import hooksettings
+
+# Mirrors of store.layout / store.chain / store.writer constants;
+# tests/unit/test_hook_store.py pins that they stay equal.
 LOCK_TIMEOUT_S = 2.0
 MAX_ENTRY_BYTES = 256 * 1024
 MAX_KEY_FILE_BYTES = 64 * 1024
 MIN_KEY_BYTES = 16
-GENESIS = "0" * 64
-CORE_KEYS = (
-    "seq",
-    "ts",
-    "source",
-    "action",
-    "container",
-    "container_id",
-    "image",
-    "pid",
-    "exit_code",
-    "dest",
-    "detail",
-)
-#: What an unknown core value is written as (chain.CORE_DEFAULTS): null for numbers.
-CORE_NULLS = frozenset({"seq", "pid", "exit_code"})
-_CHAIN_KEYS = frozenset({"prev", "chain", "mac"})
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
-_STORE_ENV = (
-    "SHIELDAUDIT_ROOT",
-    "SHIELDAUDIT_MAX_SEGMENT_BYTES",
-    "SHIELDAUDIT_KEEP_SEGMENTS",
-    "SHIELDAUDIT_FSYNC",
-    "SHIELDAUDIT_KEY_FILE",
-    "SHIELDAUDIT_FAIL_CLOSED",
-)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _TAIL_CHUNK = 64 * 1024
 _HEX = frozenset("0123456789abcdef")
-_TRANS_36 = bytes(x ^ 0x36 for x in range(256))
-_TRANS_5C = bytes(x ^ 0x5C for x in range(256))
-
-
-def _load_sha256() -> Callable[[bytes], object]:
-    # The builtin module (``_sha256`` in 3.11, ``_sha2`` from 3.12) avoids
-    # loading OpenSSL, which hashlib always does.
-    for name in ("_sha256", "_sha2"):
-        try:
-            return __import__(name).sha256  # type: ignore[no-any-return]
-        except (ImportError, AttributeError):
-            continue
-    import hashlib  # noqa: PLC0415 -- only on interpreters without the builtin module
-
-    return hashlib.sha256
-
-
-_sha256 = _load_sha256()
 
 
 class Unusual(Exception):  # noqa: N818 -- a signal to take the reference path, not an error
     """The fast path does not handle this state: use TrailWriter."""
-
-
-class LeanSettings:
-    """The store settings, parsed from the environment alone."""
-
-    __slots__ = (
-        "fail_closed",
-        "fsync",
-        "keep_segments",
-        "key_file",
-        "max_segment_bytes",
-        "root",
-    )
-
-    def __init__(  # noqa: PLR0917 -- mirrors StoreSettings' positional order
-        self,
-        root: str,
-        max_segment_bytes: int = DEFAULT_MAX_SEGMENT_BYTES,
-        keep_segments: int = DEFAULT_KEEP_SEGMENTS,
-        fsync: str = "always",
-        key_file: str | None = None,
-        fail_closed: bool = False,
-    ) -> None:
-        """Hold the values."""
-        self.root = root
-        self.max_segment_bytes = max_segment_bytes
-        self.keep_segments = keep_segments
-        self.fsync = fsync
-        self.key_file = key_file
-        self.fail_closed = fail_closed
-
-
-def lean_settings(
-    environ: Mapping[str, str],
-    uid: int | None = None,
-    file_exists: Callable[[str], bool] = os.path.exists,
-) -> LeanSettings | None:
-    """Parse the store settings from the environment, or None to use the full loader.
-
-    Only plain values are handled (absolute normalised paths, decimal numbers,
-    exact keywords); anything else returns None so that
-    :func:`shieldaudit.settings.load_store_settings` parses it, or words the
-    error. A config file matters only when some setting is not in the
-    environment (``install-hooks`` writes them all).
-    """
-    if not all(name in environ for name in _STORE_ENV) and (
-        environ.get("SHIELDAUDIT_CONFIG") or file_exists(DEFAULT_CONFIG_FILE)
-    ):
-        return None
-    root = environ.get("SHIELDAUDIT_ROOT")
-    if root is None:
-        if (os.geteuid() if uid is None else uid) != 0:
-            return None  # the default depends on HOME / XDG_STATE_HOME
-        root = DEFAULT_ROOT_FOR_ROOT
-    if not _plain_path(root):
-        return None
-    max_bytes = _plain_int(environ.get("SHIELDAUDIT_MAX_SEGMENT_BYTES"), DEFAULT_MAX_SEGMENT_BYTES)
-    keep = _plain_int(environ.get("SHIELDAUDIT_KEEP_SEGMENTS"), DEFAULT_KEEP_SEGMENTS)
-    fsync = environ.get("SHIELDAUDIT_FSYNC", "always").strip().lower()
-    key_file = environ.get("SHIELDAUDIT_KEY_FILE", "").strip()
-    fail_closed = environ.get("SHIELDAUDIT_FAIL_CLOSED", "").strip().lower()
-    if (
-        max_bytes is None
-        or max_bytes < MIN_SEGMENT_BYTES
-        or keep is None
-        or fsync not in {"always", "never"}
-        or (key_file and not _plain_path(key_file))
-        or fail_closed not in _TRUE | _FALSE
-    ):
-        return None
-    return LeanSettings(root, max_bytes, keep, fsync, key_file or None, fail_closed in _TRUE)
-
-
-def _plain_path(text: str) -> bool:
-    return text.startswith("/") and os.path.normpath(text) == text and not text.startswith("//")
-
-
-def _plain_int(text: str | None, default: int) -> int | None:
-    if text is None:
-        return default
-    text = text.strip()
-    return int(text) if text.isdigit() and text.isascii() else None
-
-
-def env_fail_closed(environ: Mapping[str, str]) -> bool:
-    """Return whether ``SHIELDAUDIT_FAIL_CLOSED`` asks for fail-closed.
-
-    Used when the settings themselves cannot be loaded: a value that is set
-    but not a recognised "false" counts as a request to fail closed.
-    """
-    return environ.get("SHIELDAUDIT_FAIL_CLOSED", "").strip().lower() not in _FALSE
-
-
-def format_ns(ns: int) -> str:
-    """Format ns since the epoch as RFC 3339 UTC with microseconds (as shieldaudit.timefmt)."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1000:06d}Z"
-
-
-def _digest(secret: bytes | None, data: bytes) -> str:
-    if secret is None:
-        return _sha256(data).hexdigest()  # type: ignore[attr-defined, no-any-return]
-    # HMAC (RFC 2104) over the builtin SHA-256, to avoid importing hmac/hashlib.
-    if len(secret) > 64:
-        secret = _sha256(secret).digest()  # type: ignore[attr-defined]
-    key = secret.ljust(64, b"\0")
-    inner = _sha256(key.translate(_TRANS_36) + data).digest()  # type: ignore[attr-defined]
-    return _sha256(key.translate(_TRANS_5C) + inner).hexdigest()  # type: ignore[attr-defined, no-any-return]
 
 
 def signing_key(path: str | None) -> tuple[bytes, str] | None:
@@ -233,26 +77,7 @@ def signing_key(path: str | None) -> tuple[bytes, str] | None:
     ]
     if len(data) > MAX_KEY_FILE_BYTES or not secrets or min(map(len, secrets)) < MIN_KEY_BYTES:
         raise Unusual
-    kid = _sha256(b"shieldaudit-kid\0" + secrets[0]).hexdigest()[:16]  # type: ignore[attr-defined]
-    return secrets[0], "hmac-sha256:" + kid
-
-
-def seal(
-    fields: Mapping[str, object], seq: int, prev: str, key: tuple[bytes, str] | None
-) -> tuple[bytes, str]:
-    """Build the entry line exactly as ``chain.build_body`` + ``chain.seal`` do."""
-    body: dict[str, object] = {}
-    for name in CORE_KEYS:
-        body[name] = fields.get(name, None if name in CORE_NULLS else "")
-    body["seq"] = seq
-    for name, value in fields.items():
-        if name not in body and name not in _CHAIN_KEYS:
-            body[name] = value
-    body["prev"] = prev
-    body["chain"] = "sha256" if key is None else key[1]
-    signed = leanjson.dumps(body).encode("ascii")
-    mac = _digest(None if key is None else key[0], signed)
-    return signed[:-1] + b',"mac":"' + mac.encode("ascii") + b'"}\n', mac
+    return secrets[0], "hmac-sha256:" + hookchain.key_id(secrets[0])
 
 
 def _open_root(root: str) -> int:
@@ -364,7 +189,7 @@ def _last_entry(fd: int, size: int) -> dict[str, object]:
 
 
 def append(
-    settings: LeanSettings,
+    settings: hooksettings.LeanSettings,
     container_id: str,
     fields: Mapping[str, object],
     *,
@@ -409,7 +234,7 @@ def append(
 
 
 def _append_locked(  # noqa: PLR0917 -- private helper of append()
-    settings: LeanSettings,
+    settings: hooksettings.LeanSettings,
     dir_fd: int,
     container_id: str,
     fields: Mapping[str, object],
@@ -439,11 +264,11 @@ def _append_locked(  # noqa: PLR0917 -- private helper of append()
         elif _has_segments(dir_fd):
             raise Unusual  # just rotated: the head is in the newest sealed segment
         else:
-            seq, prev = 0, GENESIS
+            seq, prev = 0, hookchain.GENESIS
         body = dict(fields)
-        body.setdefault("ts", format_ns(clock()))
+        body.setdefault("ts", hookchain.format_ns(clock()))
         body["container_id"] = container_id
-        line, _mac = seal(body, seq + 1, prev, key)
+        line, _mac = hookchain.seal(body, seq + 1, prev, key)
         if len(line) > MAX_ENTRY_BYTES or size + len(line) >= settings.max_segment_bytes:
             raise Unusual  # an error to word, or a rotation to do
         _write(fd, line, size, settings.fsync == "always", container_id)
@@ -503,7 +328,12 @@ def record_error(
         if os.fstat(fd).st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             return f"root {root} is writable by group or others"
         line = leanjson.dumps(
-            {"ts": format_ns(clock()), "stage": stage, "container_id": container_id, "error": error}
+            {
+                "ts": hookchain.format_ns(clock()),
+                "stage": stage,
+                "container_id": container_id,
+                "error": error,
+            }
         )
         state_fd = _subdir(fd, "state")
         try:

@@ -73,7 +73,12 @@ def test_fast_path_imports_only_lean_modules(tmp_path):
     assert status == 0
     assert not {m for m in modules if m.split(".")[0] in HEAVY}
     assert not modules & set(AVOIDED)
-    assert {"shieldaudit.hook", "shieldaudit.hookstore", "_json", "fcntl"} <= modules
+    assert {
+        "shieldaudit.hook",
+        "shieldaudit.hookstore",
+        "shieldaudit.hookchain",
+        "_json",
+    } <= modules
     assert "shieldaudit.store.writer" not in modules
 
 

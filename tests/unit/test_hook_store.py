@@ -1,4 +1,4 @@
-"""The hook's fast append (shieldaudit.hookstore) and JSON (shieldaudit.leanjson).
+"""The hook's fast append (hookstore, hookchain, hooksettings) and JSON (leanjson).
 
 The fast path must write exactly what TrailWriter writes, and hand everything
 unusual to it; these tests pin both, and that the mirrored constants agree.
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shieldaudit import hookstore, leanjson, settings
+from shieldaudit import hookchain, hooksettings, hookstore, leanjson, settings
 from shieldaudit.errors import LockTimeoutError
 from shieldaudit.store import chain, layout, writer
 from shieldaudit.store.verify import verify_container
@@ -36,9 +36,9 @@ json_values = st.recursive(
 )
 
 
-def lean(root: Path, **overrides) -> hookstore.LeanSettings:
+def lean(root: Path, **overrides) -> hooksettings.LeanSettings:
     values = {"fsync": "never"} | overrides
-    return hookstore.LeanSettings(str(root), **values)
+    return hooksettings.LeanSettings(str(root), **values)
 
 
 def store(root: Path, **overrides) -> settings.StoreSettings:
@@ -73,20 +73,20 @@ def fields(i: int) -> dict[str, object]:
 
 def test_mirrored_constants_match_the_store():
     """Every constant the fast path mirrors equals the reference modules' value."""
-    assert hookstore.CORE_KEYS == chain.CORE_KEYS
-    assert {k for k, v in chain.CORE_DEFAULTS.items() if v is None} == hookstore.CORE_NULLS
+    assert hookchain.CORE_KEYS == chain.CORE_KEYS
+    assert {k for k, v in chain.CORE_DEFAULTS.items() if v is None} == hookchain.CORE_NULLS
     assert {v for k, v in chain.CORE_DEFAULTS.items() if v is not None} == {""}
-    assert hookstore.GENESIS == chain.GENESIS
-    assert str(settings.DEFAULT_CONFIG_FILE) == hookstore.DEFAULT_CONFIG_FILE
-    assert hookstore.DEFAULT_MAX_SEGMENT_BYTES == settings.DEFAULT_MAX_SEGMENT_BYTES
-    assert hookstore.DEFAULT_KEEP_SEGMENTS == settings.DEFAULT_KEEP_SEGMENTS
-    assert hookstore.MIN_SEGMENT_BYTES == settings.MIN_SEGMENT_BYTES
+    assert hookchain.GENESIS == chain.GENESIS
+    assert str(settings.DEFAULT_CONFIG_FILE) == hooksettings.DEFAULT_CONFIG_FILE
+    assert hooksettings.DEFAULT_MAX_SEGMENT_BYTES == settings.DEFAULT_MAX_SEGMENT_BYTES
+    assert hooksettings.DEFAULT_KEEP_SEGMENTS == settings.DEFAULT_KEEP_SEGMENTS
+    assert hooksettings.MIN_SEGMENT_BYTES == settings.MIN_SEGMENT_BYTES
     assert hookstore.LOCK_TIMEOUT_S == layout.LOCK_TIMEOUT_S
     assert hookstore.MAX_ENTRY_BYTES == writer.MAX_ENTRY_BYTES
     assert hookstore.MAX_KEY_FILE_BYTES == chain.MAX_KEY_FILE_BYTES
     assert hookstore.MIN_KEY_BYTES == chain.MIN_KEY_BYTES
-    assert str(settings.default_root(uid=0)) == hookstore.DEFAULT_ROOT_FOR_ROOT
-    assert {s.env for s in settings.SETTINGS} >= set(hookstore._STORE_ENV)
+    assert str(settings.default_root(uid=0)) == hooksettings.DEFAULT_ROOT_FOR_ROOT
+    assert {s.env for s in settings.SETTINGS} >= set(hooksettings.STORE_ENV)
 
 
 @given(json_values)
@@ -124,7 +124,7 @@ def test_seal_matches_chain(keyed):
 
     expected = chain.seal(chain.build_body({**body, "seq": 7}, "ab" * 32, key), key)
 
-    assert hookstore.seal(body, 7, "ab" * 32, lean_key) == expected
+    assert hookchain.seal(body, 7, "ab" * 32, lean_key) == expected
 
 
 def test_long_hmac_key_matches_hmac_module():
@@ -133,7 +133,7 @@ def test_long_hmac_key_matches_hmac_module():
     body = {"source": "hook", "ts": "t"}
     key = chain.Key.from_secret(secret)
 
-    line, mac = hookstore.seal(body, 1, chain.GENESIS, (secret, chain.alg_name(key)))
+    line, mac = hookchain.seal(body, 1, chain.GENESIS, (secret, chain.alg_name(key)))
 
     assert mac == chain.expected_mac(line, chain.alg_name(key), chain.KeyRing((key,)))[0]
 
@@ -312,7 +312,7 @@ def test_lock_wait_is_bounded(tmp_path):
 )
 def test_lean_settings_agree_with_the_full_loader(environ):
     """lean_settings() gives the full loader's values, or None to let it decide."""
-    result = hookstore.lean_settings(environ, uid=0, file_exists=lambda _path: False)
+    result = hooksettings.lean_settings(environ, uid=0, file_exists=lambda _path: False)
     if result is None:
         return
     try:
@@ -339,17 +339,19 @@ def test_lean_settings_agree_with_the_full_loader(environ):
 def test_lean_settings_defer_to_a_config_file_unless_all_are_set():
     """A config file forces the full loader, unless the environment sets every store setting."""
     partial = {"SHIELDAUDIT_ROOT": "/srv/a"}
-    complete = dict.fromkeys(hookstore._STORE_ENV, "") | {
+    complete = dict.fromkeys(hooksettings.STORE_ENV, "") | {
         "SHIELDAUDIT_ROOT": "/srv/a",
         "SHIELDAUDIT_MAX_SEGMENT_BYTES": "4096",
         "SHIELDAUDIT_KEEP_SEGMENTS": "3",
         "SHIELDAUDIT_FSYNC": "always",
     }
 
-    assert hookstore.lean_settings(partial, file_exists=lambda _p: True) is None
-    assert hookstore.lean_settings(partial, uid=1000, file_exists=lambda _p: False).root == "/srv/a"
-    assert hookstore.lean_settings({}, uid=1000, file_exists=lambda _p: False) is None
-    assert hookstore.lean_settings(complete, file_exists=lambda _p: True).keep_segments == 3
+    assert hooksettings.lean_settings(partial, file_exists=lambda _p: True) is None
+    assert (
+        hooksettings.lean_settings(partial, uid=1000, file_exists=lambda _p: False).root == "/srv/a"
+    )
+    assert hooksettings.lean_settings({}, uid=1000, file_exists=lambda _p: False) is None
+    assert hooksettings.lean_settings(complete, file_exists=lambda _p: True).keep_segments == 3
 
 
 def test_record_error_appends_one_json_line(tmp_path):
