@@ -162,8 +162,51 @@ class Sidecar:
         self.close()
 
 
+class RunnableListener(Protocol):
+    """The events listener as the sidecar drives it (``shieldaudit.listener``)."""
+
+    def run(self, stop: threading.Event) -> None:
+        """Listen until ``stop`` is set (reconnecting on its own)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection; makes ``run`` return promptly."""
+        ...
+
+
+class ThreadedListener:
+    """Runs a listener in a daemon thread and reports its status to the metrics."""
+
+    def __init__(self, listener: RunnableListener, status: Callable[[], tuple[bool, int]]) -> None:
+        """Start ``listener.run`` in a thread; ``status`` reads (connected, reconnects)."""
+        self._listener = listener
+        self._status = status
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="events-listener", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._listener.run(self._stop)
+        except Exception:
+            # The sidecar keeps counting trails; /readyz and the gauge show the listener down.
+            log.exception("the events listener stopped")
+
+    def status(self) -> tuple[bool, int]:
+        """Return ``(connected, reconnects)``; never connected once its thread ended."""
+        connected, reconnects = self._status()
+        return connected and self._thread.is_alive(), reconnects
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the listener and wait up to ``timeout`` seconds for its thread."""
+        self._stop.set()
+        with contextlib.suppress(Exception):
+            self._listener.close()
+        self._thread.join(timeout)
+
+
 def start_listener(settings: Settings) -> ListenerHandle:
-    """Start the events listener in a thread of this process.
+    """Start the events listener in a thread of this process (podman-py imported here).
 
     Raises:
         ShieldAuditError: the listener is not part of this installation.
@@ -174,8 +217,13 @@ def start_listener(settings: Settings) -> ListenerHandle:
         raise ShieldAuditError(
             "the events listener is not available in this installation: run with --no-listen",
         ) from None
-    handle: ListenerHandle = module.start_embedded(settings)
-    return handle
+    listener = module.Listener.from_settings(settings)
+
+    def status() -> tuple[bool, int]:
+        state = listener.status
+        return bool(state.connected), int(state.reconnects)
+
+    return ThreadedListener(listener, status)
 
 
 def run_until_signalled(sidecar: Sidecar) -> None:

@@ -259,3 +259,45 @@ def test_hook_failures_counted_once(tmp_path, sidecars):
     values = second.wait_for(lambda v: v.get("shieldaudit_hook_errors_total", 0) >= 1, "restart")
     assert values["shieldaudit_hook_errors_total"] == 1
     assert second.terminate() == 0
+
+
+def fast_trails(root: Path, containers: int, per_container: int) -> None:
+    """Write trails in the real chain format directly (no locks, no fsync), for volume."""
+    from shieldaudit.store import chain  # noqa: PLC0415
+
+    for n in range(containers):
+        cid = f"{n + 100:064x}"
+        directory = root / "containers" / cid
+        directory.mkdir(parents=True, mode=0o700)
+        prev = chain.GENESIS
+        lines = []
+        for seq in range(1, per_container + 1):
+            body = chain.build_body(
+                {"seq": seq, "source": "hook", "action": "poststart", "container_id": cid},
+                prev,
+                None,
+            )
+            line, prev = chain.seal(body, None)
+            lines.append(line)
+        (directory / "audit.jsonl").write_bytes(b"".join(lines))
+
+
+def test_sigterm_during_catch_up_then_resume_exactly(tmp_path, sidecars):
+    """SIGTERM in the middle of a backlog exits 0 promptly; the next run counts the rest."""
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    fast_trails(root, 10, 15_000)
+    first = sidecars(root)
+    partial = first.wait_for(lambda v: events(v) > 0, "catch-up under way")
+    assert first.terminate() == 0
+    assert events(partial) <= 150_000
+    checkpoint = json.loads((root / "state" / "sidecar-checkpoint.json").read_text())
+    done = sum(mark[0] for mark in checkpoint["containers"].values())
+
+    second = sidecars(root)
+    second.wait_for(lambda v: events(v) >= 150_000 - done, "the rest")
+    write(root, IDS[0], 1)  # a fence: published only after everything before it
+    after = second.wait_for(lambda v: events(v) >= 150_001 - done, "the fence")
+
+    assert events(after) == 150_001 - done
+    assert second.terminate() == 0
