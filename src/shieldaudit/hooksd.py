@@ -11,6 +11,7 @@ overwritten or removed.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -236,11 +237,12 @@ def _write_atomically(directory: Path, name: str, data: bytes) -> Path:
     tmp = directory / f".{name}.tmp-{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "short write")  # noqa: TRY301 -- same cleanup path
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         tmp.replace(target)
     except OSError:
         tmp.unlink(missing_ok=True)
