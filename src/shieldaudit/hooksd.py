@@ -239,7 +239,7 @@ def _write_atomically(directory: Path, name: str, data: bytes) -> Path:
     try:
         try:
             if os.write(fd, data) != len(data):
-                raise OSError(errno.ENOSPC, "short write")  # noqa: TRY301 -- same cleanup path
+                raise OSError(errno.ENOSPC, "short write")
             os.fsync(fd)
         finally:
             os.close(fd)
