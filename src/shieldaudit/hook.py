@@ -157,7 +157,7 @@ def error_root(environ: Mapping[str, str]) -> str | None:
         from shieldaudit.settings import load_store_settings  # noqa: PLC0415
 
         return str(load_store_settings(environ).root)
-    except (ShieldAuditError, OSError, RuntimeError):
+    except (ShieldAuditError, OSError, RuntimeError, KeyError):  # no HOME, no passwd entry
         return None
 
 
