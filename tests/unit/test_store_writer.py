@@ -204,7 +204,7 @@ def test_symlinked_trail_directory_is_refused(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (root / "containers" / CID_A).symlink_to(elsewhere)
-    with TrailWriter(settings(root)) as writer, pytest.raises(UnsafePathError):
+    with TrailWriter(settings(root)) as writer, pytest.raises(UnsafePathError, match="symlink"):
         writer.append(CID_A, {"source": "cli", "action": "x"})
     assert list(elsewhere.iterdir()) == []
 

@@ -127,6 +127,13 @@ def open_root(root: Path, *, create: bool) -> int:
     return fd
 
 
+def _is_symlink(parent_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
 def open_subdir(parent_fd: int, name: str, shown: Path, *, create: bool) -> int:
     """Open directory ``name`` below ``parent_fd`` without following symlinks."""
     try:
@@ -135,6 +142,9 @@ def open_subdir(parent_fd: int, name: str, shown: Path, *, create: bool) -> int:
         if not create:
             raise
     except OSError as exc:
+        if exc.errno == errno.ENOTDIR and _is_symlink(parent_fd, name):
+            # O_DIRECTORY reports a symlink as "not a directory": name the real problem.
+            raise UnsafePathError(f"refusing to follow a symlink at {shown}: remove it") from None
         raise _os_error("open", shown, exc) from None
     try:
         os.mkdir(name, DIR_MODE, dir_fd=parent_fd)
