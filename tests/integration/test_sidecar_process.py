@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shieldaudit.settings import StoreSettings
 from shieldaudit.store.writer import TrailWriter
+from shieldaudit.watch.checkpoint import load
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -166,8 +167,9 @@ def test_endpoints_history_and_clean_sigterm(tmp_path, sidecars):
     assert values["shieldaudit_watched_containers"] == 2
 
     assert sidecar.terminate() == 0
-    checkpoint = json.loads((root / "state" / "sidecar-checkpoint.json").read_text())
-    assert checkpoint["containers"][IDS[1]][0] == 5
+    loaded = load(root / "state" / "sidecar-checkpoint")
+    assert loaded is not None
+    assert loaded.marks[IDS[1]].last_seq == 5
 
 
 def test_exact_counts_across_kill9_with_rotations_while_down(tmp_path, sidecars):
@@ -291,8 +293,9 @@ def test_sigterm_during_catch_up_then_resume_exactly(tmp_path, sidecars):
     partial = first.wait_for(lambda v: events(v) > 0, "catch-up under way")
     assert first.terminate() == 0
     assert events(partial) <= 150_000
-    checkpoint = json.loads((root / "state" / "sidecar-checkpoint.json").read_text())
-    done = sum(mark[0] for mark in checkpoint["containers"].values())
+    loaded = load(root / "state" / "sidecar-checkpoint")
+    assert loaded is not None
+    done = sum(mark.last_seq for mark in loaded.marks.values())
 
     second = sidecars(root)
     second.wait_for(lambda v: events(v) >= 150_000 - done, "the rest")

@@ -12,34 +12,48 @@ CID = "c" * 64
 
 
 def test_checkpoint_round_trip(tmp_path):
-    """Saved marks and the hook-error position load back unchanged; the file is 0600."""
-    path = tmp_path / "state" / "sidecar-checkpoint.json"
-    writer = CheckpointWriter(path)
+    """Saved marks and the hook-error position load back unchanged; files are 0600."""
+    directory = tmp_path / "state" / "sidecar-checkpoint"
+    writer = CheckpointWriter(directory)
     mark = Mark(7, "a" * 64, 3, 1234, 567, 2, skipping=True)
     writer.update(CID, mark)
-    writer.save((99, 10))
+    writer.set_hook_errors((99, 10))
+    assert list(writer.save()) == ["c", "hook"]
 
-    loaded = load(path)
+    loaded = load(directory)
     assert loaded is not None
     assert loaded.marks == {CID: mark}
     assert loaded.hook_errors == (99, 10)
-    assert oct(path.stat().st_mode & 0o777) == "0o600"
-    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    assert {oct(p.stat().st_mode & 0o777) for p in directory.iterdir()} == {"0o600"}
+    assert not [p for p in directory.iterdir() if p.name.endswith(".tmp")]
+    assert list(writer.save()) == []  # nothing changed: nothing written
+
+
+def test_only_changed_shards_are_rewritten(tmp_path):
+    """A save rewrites the shards whose containers moved, and no other."""
+    directory = tmp_path / "cp"
+    writer = CheckpointWriter(directory)
+    writer.mark_all_dirty()
+    assert len(list(writer.save())) == 17
+    writer.update("1" * 64, Mark(1, "m"))
+    writer.update("1" + "2" * 63, Mark(2, "n"))
+    assert list(writer.save()) == ["1"]
 
 
 def test_corrupt_or_foreign_checkpoint_is_ignored(tmp_path):
-    """Garbage, another version, bad IDs and bad records load as nothing (history re-read)."""
-    path = tmp_path / "cp.json"
-    assert load(path) is None
-    path.write_bytes(b"\x00garbage")
-    assert load(path) is None
-    path.write_text('{"version": 99, "containers": {}}')
-    assert load(path) is None
-    path.write_text(
-        '{"version": 1, "hook_errors": "x", "containers": {"../etc": [1,"m",0,0,0,0,false],'
-        f'"{CID}": [-1,"m",0,0,0,0,false], "{"d" * 64}": [1,"m",0,0,0,0,false]}}}}'
+    """Garbage, another version, misplaced or bad records load as nothing (history re-read)."""
+    directory = tmp_path / "cp"
+    assert load(directory) is None
+    directory.mkdir()
+    (directory / "0.json").write_bytes(b"\x00garbage")
+    (directory / "1.json").write_text('{"version": 99, "containers": {}}')
+    (directory / "hook.json").write_text('{"version": 1, "hook_errors": "x"}')
+    (directory / "d.json").write_text(
+        '{"version": 1, "containers": {"../etc": [1,"m",0,0,0,0,false],'
+        f'"{"d" * 63}e": [-1,"m",0,0,0,0,false], "{"d" * 64}": [1,"m",0,0,0,0,false],'
+        f'"{"e" * 64}": [1,"m",0,0,0,0,false]}}}}'
     )
-    loaded = load(path)
+    loaded = load(directory)
     assert loaded is not None
     assert list(loaded.marks) == ["d" * 64]
     assert loaded.hook_errors is None
@@ -47,12 +61,13 @@ def test_corrupt_or_foreign_checkpoint_is_ignored(tmp_path):
 
 def test_forget_drops_a_container(tmp_path):
     """A forgotten trail is no longer in the next save."""
-    path = tmp_path / "cp.json"
-    writer = CheckpointWriter(path)
+    directory = tmp_path / "cp"
+    writer = CheckpointWriter(directory)
     writer.update(CID, Mark(1, "m"))
+    list(writer.save())
     writer.forget(CID)
-    writer.save((0, 0))
-    loaded = load(path)
+    assert list(writer.save()) == ["c"]
+    loaded = load(directory)
     assert loaded is not None
     assert loaded.marks == {}
 

@@ -25,7 +25,15 @@ from shieldaudit.errors import ShieldAuditError
 from shieldaudit.store import layout
 from shieldaudit.watch import inotify
 from shieldaudit.watch.anchor import ACTIVE, mark_at_end
-from shieldaudit.watch.checkpoint import CheckpointWriter, Mark, checkpoint_path, load
+from shieldaudit.watch.checkpoint import (
+    HOOK_SHARD,
+    SHARDS,
+    CheckpointWriter,
+    Mark,
+    checkpoint_path,
+    load,
+    shard_of,
+)
 from shieldaudit.watch.hookerrors import HookErrorsTail
 from shieldaudit.watch.tailer import Tail
 from shieldaudit.watch.tally import Tally
@@ -82,7 +90,7 @@ class Watcher:
         self._poll_interval = poll_interval
         self._clock = clock
         self.ready = threading.Event()
-        self._tally = Tally()
+        self._tallies = {shard: Tally() for shard in SHARDS}
         self._root_fd = layout.open_root(root, create=True)
         self._containers_fd = layout.open_subdir(
             self._root_fd, layout.CONTAINERS_DIR, layout.containers_path(root), create=True
@@ -91,7 +99,6 @@ class Watcher:
         self._state_dir.mkdir(mode=layout.DIR_MODE, exist_ok=True)
         self._checkpoint = CheckpointWriter(checkpoint_path(root))
         loaded = load(self._checkpoint.path)
-        self._resumed = loaded is not None
         self._saved_marks: dict[str, Mark] = loaded.marks if loaded else {}
         for cid, mark in self._saved_marks.items():
             self._checkpoint.update(cid, mark)  # kept as saved until the trail moves
@@ -100,12 +107,14 @@ class Watcher:
         )
         if from_end and loaded is None:
             self._hook.skip_to_end()
+        self._checkpoint.set_hook_errors(self._hook.position)
+        if loaded is None:
+            self._checkpoint.mark_all_dirty()  # the first save writes every shard
         self._tails: dict[str, Tail] = {}
         self._scanned = False  # trails found after the first scan are new: read all of them
         self._dirty: set[str] = set()  # trails with something to read
         self._unsaved: set[str] = set()  # trails whose mark moved since the last save
         self._hook_dirty = True
-        self._removed_since_save = False
         self._polled: set[str] = set()
         self._poll_all = not use_inotify
         self._last_poll = 0.0
@@ -191,7 +200,7 @@ class Watcher:
         waits = [IDLE_TIMEOUT]
         if self._dirty:
             waits.append(0.0)
-        if self._unsaved or not self._tally.empty():
+        if self._pending():
             waits.append(self._last_commit + self._commit_gap() - now)
         if self._poll_all or self._polled:
             waits.append(self._last_poll + self._poll_interval - now)
@@ -214,7 +223,6 @@ class Watcher:
         for cid in [c for c in self._saved_marks if c not in present]:
             del self._saved_marks[cid]  # its trail was removed while we were down
             self._checkpoint.forget(cid)
-            self._removed_since_save = True
         self._dirty.update(self._tails)
         self._scanned = True
         self._hook_dirty = True
@@ -227,7 +235,7 @@ class Watcher:
         self._watch(cid)
         saved = self._saved_marks.pop(cid, None)
         if saved is not None:
-            tail = Tail(cid, saved, self._tally, emit=self._emit)
+            tail = Tail(cid, saved, self._tallies[shard_of(cid)], emit=self._emit)
         elif at_start and self._from_end:
             try:
                 dir_fd = self._open_dir(cid)
@@ -237,10 +245,10 @@ class Watcher:
                 mark = mark_at_end(dir_fd)
             finally:
                 os.close(dir_fd)
-            tail = Tail(cid, mark, self._tally, emit=self._emit, trusted=True)
+            tail = Tail(cid, mark, self._tallies[shard_of(cid)], emit=self._emit, trusted=True)
             self._unsaved.add(cid)
         else:
-            tail = Tail(cid, Mark(), self._tally, emit=self._emit, trusted=True)
+            tail = Tail(cid, Mark(), self._tallies[shard_of(cid)], emit=self._emit, trusted=True)
         self._tails[cid] = tail
         self._dirty.add(cid)
 
@@ -254,7 +262,6 @@ class Watcher:
         self._unsaved.discard(cid)
         self._polled.discard(cid)
         self._checkpoint.forget(cid)
-        self._removed_since_save = True
         if self._watches is not None:
             self._watches.remove(cid)
 
@@ -329,8 +336,8 @@ class Watcher:
             self._hook_dirty = False
             count = self._hook.advance()
             if count:
-                self._tally.hook_errors += count
-                self._removed_since_save = True
+                self._tallies[HOOK_SHARD].hook_errors += count
+                self._checkpoint.set_hook_errors(self._hook.position)
         while self._dirty:
             if stop is not None and stop.is_set():
                 return
@@ -369,36 +376,47 @@ class Watcher:
         """
         return min(MAX_COMMIT_INTERVAL, max(0.01, 4 * self._commit_cost))
 
+    def _pending(self) -> bool:
+        """Return whether anything waits for a checkpoint."""
+        return bool(self._unsaved or self._checkpoint.dirty) or not all(
+            tally.empty() for tally in self._tallies.values()
+        )
+
     def _maybe_commit(self, *, force: bool) -> None:
-        if not (self._unsaved or self._removed_since_save or not self._tally.empty()):
+        if not self._pending():
             return
         if force or self._clock() - self._last_commit >= self._commit_gap():
             self.commit()
 
     def commit(self) -> None:
-        """Save the checkpoint, then publish what it covers."""
+        """Save the checkpoint shards that changed, publishing each one's counts once it is saved.
+
+        Counts reach the metrics only after the shard covering them is durable:
+        a scrape never shows what a restart would count again.
+        """
         started = self._clock()
         for cid in self._unsaved:
             tail = self._tails.get(cid)
             if tail is not None:
                 self._checkpoint.update(cid, tail.mark)
-        if self._unsaved or self._removed_since_save or not self._resumed:
-            try:
-                self._checkpoint.save(self._hook.position)
-            except OSError as exc:
-                # Nothing is published until it is saved: counts wait, never double.
-                if not self._save_failing:
-                    log.warning("cannot save checkpoint %s: %s", self._checkpoint.path, exc)
-                self._save_failing = True
-                self._last_commit = self._clock()  # retried after the usual gap
-                return
-            if self._save_failing:
-                log.warning("checkpoint saved again after earlier failures")
-            self._save_failing = False
-            self._resumed = True
         self._unsaved.clear()
-        self._removed_since_save = False
+        for shard, tally in self._tallies.items():
+            if not tally.empty():
+                self._checkpoint.dirty.add(shard)
+        try:
+            for shard in self._checkpoint.save():
+                tally = self._tallies[shard]
+                if not tally.empty():
+                    self._publish(tally.take())
+        except OSError as exc:
+            # Unsaved shards stay dirty and their counts unpublished: retried after the gap.
+            if not self._save_failing:
+                log.warning("cannot save checkpoint in %s: %s", self._checkpoint.path, exc)
+            self._save_failing = True
+            self._last_commit = self._clock()
+            return
+        if self._save_failing:
+            log.warning("checkpoint saved again after earlier failures")
+        self._save_failing = False
         self._last_commit = self._clock()
         self._commit_cost = self._last_commit - started
-        if not self._tally.empty():
-            self._publish(self._tally.take())
