@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from shieldaudit.errors import ShieldAuditError
 from shieldaudit.metrics import SidecarMetrics
 from shieldaudit.server import ServerHandle, serve
+from shieldaudit.store.chain import NO_KEYS, KeyRing
 from shieldaudit.watch.watcher import Watcher
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ class Sidecar:
         from_end: bool = False,
         poll_interval: float = 1.0,
         use_inotify: bool = True,
+        keys: KeyRing | None = NO_KEYS,
         listener: Callable[[], ListenerHandle] | None = None,
     ) -> None:
         """Open the root and the checkpoint, start serving; the watch loop starts in :meth:`run`.
@@ -94,6 +96,7 @@ class Sidecar:
             from_end: skip history present at start.
             poll_interval: polling period for trails inotify cannot watch.
             use_inotify: False forces polling.
+            keys: the chain keys, to recompute each entry's mac (None: links only).
             listener: starts the in-process events listener; None for ``--no-listen``.
         """
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -108,6 +111,7 @@ class Sidecar:
             from_end=from_end,
             poll_interval=poll_interval,
             use_inotify=use_inotify,
+            keys=keys,
         )
         self._listener_factory = listener
         try:

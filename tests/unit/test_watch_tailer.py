@@ -13,6 +13,7 @@ import os
 import random
 from typing import TYPE_CHECKING
 
+from shieldaudit.store.chain import Key, KeyRing
 from shieldaudit.store.writer import TrailWriter
 from shieldaudit.watch.checkpoint import checkpoint_path
 from shieldaudit.watch.tally import Tally
@@ -374,3 +375,42 @@ def test_nothing_published_while_the_checkpoint_cannot_be_saved(tmp_path):
 
     assert proc.events == 5
     assert json.loads(blocker.read_text())["containers"][CID_B][0] == 2
+
+
+def test_modified_entry_is_an_integrity_failure(tmp_path):
+    """An entry edited in place (its mac no longer matches) counts one integrity failure."""
+    root = tmp_path / "root"
+    append(root, CID_A, 3, max_segment_bytes=10 * 1024 * 1024)
+    active = trail(root, CID_A) / "audit.jsonl"
+    active.write_bytes(active.read_bytes().replace(b'"detail":"n1"', b'"detail":"X1"'))
+    proc = Process(root).stop()
+
+    assert proc.events == 3
+    assert proc.published.integrity_failures == 1
+    assert proc.published.parse_errors == 0
+
+
+def test_keyed_chains_checked_with_the_key_only(tmp_path):
+    """A keyed trail is verified with the key; without it, macs are not judged.
+
+    With the key an edit is caught; without it nothing is claimed either way
+    (links are still checked).
+    """
+    root = tmp_path / "root"
+    ring = KeyRing((Key.from_secret(b"k" * 32),))
+    with TrailWriter(settings(root), keys=ring) as w:
+        for i in range(3):
+            w.append(CID_A, {"source": "hook", "action": "poststart", "detail": f"n{i}"})
+    active = trail(root, CID_A) / "audit.jsonl"
+    active.write_bytes(active.read_bytes().replace(b'"detail":"n2"', b'"detail":"X2"'))
+
+    with_key = Process(root, keys=ring).stop()
+    checkpoint = checkpoint_path(root)
+    for path in checkpoint.iterdir():
+        path.unlink()
+    checkpoint.rmdir()
+    without_key = Process(root).stop()
+
+    assert with_key.events == without_key.events == 3
+    assert with_key.published.integrity_failures == 1
+    assert without_key.published.integrity_failures == 0

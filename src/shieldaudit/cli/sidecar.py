@@ -55,9 +55,11 @@ def sidecar_command(  # noqa: PLR0917 -- click passes one argument per option
         run_until_signalled,
     )
 
-    settings = app(ctx).settings(
+    context = app(ctx)
+    settings = context.settings(
         metrics_addr=metrics_addr, metrics_port=metrics_port, poll_interval=poll_interval
     )
+    keys = context.keys()
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="shieldaudit sidecar: %(message)s"
     )
@@ -68,6 +70,7 @@ def sidecar_command(  # noqa: PLR0917 -- click passes one argument per option
         emit=line_emitter(sys.stdout.buffer) if emit else None,
         from_end=from_end,
         poll_interval=settings.poll_interval,
+        keys=keys,
         listener=None if no_listen else (lambda: listener_factory(settings)),
     )
     run_until_signalled(sidecar)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 
 from shieldaudit.errors import ShieldAuditError
 from shieldaudit.store import layout
+from shieldaudit.store.chain import NO_KEYS, KeyRing, expected_mac
 from shieldaudit.watch.anchor import (
     ACTIVE,
     CHUNK,
@@ -52,6 +53,7 @@ class Tail:
         "_at_boundary",
         "_budget",
         "_emit",
+        "_keys",
         "_tally",
         "_trusted",
         "container_id",
@@ -65,13 +67,26 @@ class Tail:
         tally: Tally,
         *,
         emit: Callable[[dict[str, object]], None] | None = None,
+        keys: KeyRing | None = NO_KEYS,
         trusted: bool = False,
     ) -> None:
-        """Continue from ``mark``; an untrusted mark is validated before use."""
+        """Continue from ``mark``; an untrusted mark is validated before use.
+
+        Args:
+            container_id: whose trail this is.
+            mark: where counting stands.
+            tally: where counts go until they are published.
+            emit: receives each entry as it is counted.
+            keys: recompute each entry's mac with these keys (unkeyed chains need
+                none; a keyed entry whose key is missing is not checked); None
+                checks links only.
+            trusted: the mark was reached by this process, so it needs no check.
+        """
         self.container_id = container_id
         self.mark = mark
         self._tally = tally
         self._emit = emit
+        self._keys = keys
         self._trusted = trusted
         self._accept_next = False
         self._at_boundary = False
@@ -262,6 +277,7 @@ class Tail:
         tally = self._tally
         events = tally.events
         emit = self._emit
+        keys = self._keys
         loads = json.loads
         find = data.find
         base = m.offset
@@ -285,6 +301,10 @@ class Tail:
                 continue
             if seq != m.last_seq + 1 or prev != m.last_mac:
                 self._check_break(fd, base + pos)
+            if keys is not None:
+                expected, _why = expected_mac(data[pos:nl], entry.get("chain", ""), keys)
+                if expected is not None and expected != mac:
+                    tally.integrity_failures += 1  # the entry was modified after it was written
             self._at_boundary = False
             m.last_seq = seq
             m.last_mac = mac

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final, Self
 
 from shieldaudit.errors import ShieldAuditError
 from shieldaudit.store import layout
+from shieldaudit.store.chain import NO_KEYS, KeyRing
 from shieldaudit.watch import inotify
 from shieldaudit.watch.anchor import ACTIVE, mark_at_end
 from shieldaudit.watch.checkpoint import (
@@ -66,6 +67,7 @@ class Watcher:
         from_end: bool = False,
         poll_interval: float = 1.0,
         use_inotify: bool = True,
+        keys: KeyRing | None = NO_KEYS,
         inotify_factory: Callable[[], inotify.Inotify] = inotify.Inotify,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -79,6 +81,7 @@ class Watcher:
             from_end: skip the history of trails that exist at start.
             poll_interval: seconds between polls of trails inotify cannot watch.
             use_inotify: False forces polling (also the fallback when inotify fails).
+            keys: keys to recompute each entry's mac with (None: check links only).
             inotify_factory: creates the inotify instance (tests inject failures).
             clock: monotonic seconds.
         """
@@ -86,6 +89,7 @@ class Watcher:
         self._publish = publish
         self._watched = watched
         self._emit = emit
+        self._keys = keys
         self._from_end = from_end
         self._poll_interval = poll_interval
         self._clock = clock
@@ -235,7 +239,7 @@ class Watcher:
         self._watch(cid)
         saved = self._saved_marks.pop(cid, None)
         if saved is not None:
-            tail = Tail(cid, saved, self._tallies[shard_of(cid)], emit=self._emit)
+            tail = Tail(cid, saved, self._tallies[shard_of(cid)], emit=self._emit, keys=self._keys)
         elif at_start and self._from_end:
             try:
                 dir_fd = self._open_dir(cid)
@@ -245,10 +249,24 @@ class Watcher:
                 mark = mark_at_end(dir_fd)
             finally:
                 os.close(dir_fd)
-            tail = Tail(cid, mark, self._tallies[shard_of(cid)], emit=self._emit, trusted=True)
+            tail = Tail(
+                cid,
+                mark,
+                self._tallies[shard_of(cid)],
+                emit=self._emit,
+                keys=self._keys,
+                trusted=True,
+            )
             self._unsaved.add(cid)
         else:
-            tail = Tail(cid, Mark(), self._tallies[shard_of(cid)], emit=self._emit, trusted=True)
+            tail = Tail(
+                cid,
+                Mark(),
+                self._tallies[shard_of(cid)],
+                emit=self._emit,
+                keys=self._keys,
+                trusted=True,
+            )
         self._tails[cid] = tail
         self._dirty.add(cid)
 
