@@ -247,18 +247,22 @@ def test_truncation_while_running_rereads_new_content(tmp_path):
 
 
 def test_malformed_and_oversized_lines_counted_and_skipped(tmp_path):
-    """A malformed line and a line over 1 MiB are counted as parse errors; entries continue."""
+    """Malformed lines and a line over 1 MiB are counted as parse errors; entries continue."""
     root = tmp_path / "root"
-    append(root, CID_A, 2, max_segment_bytes=64 * 1024 * 1024)
+    append(root, CID_A, 4, max_segment_bytes=64 * 1024 * 1024)
     active = trail(root, CID_A) / "audit.jsonl"
-    with active.open("ab") as f:
-        f.write(b"not json at all\n")
-        f.write(b"x" * (3 * 1024 * 1024) + b"\n")
-    append(root, CID_A, 2, max_segment_bytes=64 * 1024 * 1024)
+    lines = active.read_bytes().splitlines(keepends=True)
+    garbage = [
+        b"not json at all\n",
+        b"[" * 200_000 + b"\n",  # nesting deep enough to exhaust a recursive parser
+        b'{"seq": "1", "mac": 5}\n',
+        b"x" * (3 * 1024 * 1024) + b"\n",
+    ]
+    active.write_bytes(b"".join(lines[:2] + garbage + lines[2:]))
     proc = Process(root).stop()
 
     assert proc.events == 4
-    assert proc.published.parse_errors == 2
+    assert proc.published.parse_errors == 4
     assert proc.published.integrity_failures == 0
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 
 from shieldaudit.errors import ShieldAuditError
 from shieldaudit.store import layout
-from shieldaudit.store.chain import NO_KEYS, KeyRing, expected_mac
+from shieldaudit.store.chain import NO_KEYS, KeyRing
 from shieldaudit.watch.anchor import (
     ACTIVE,
     CHUNK,
@@ -31,6 +31,7 @@ from shieldaudit.watch.anchor import (
     find_pattern,
     segment_file,
 )
+from shieldaudit.watch.macs import MacChecker
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from shieldaudit.watch.tally import Tally
 
 _NL: Final = b"\n"
+_DECODER: Final = json.JSONDecoder()
 
 
 class _Resync(Exception):  # noqa: N818 -- control flow, never escapes this module
@@ -53,7 +55,7 @@ class Tail:
         "_at_boundary",
         "_budget",
         "_emit",
-        "_keys",
+        "_macs",
         "_tally",
         "_trusted",
         "container_id",
@@ -86,7 +88,7 @@ class Tail:
         self.mark = mark
         self._tally = tally
         self._emit = emit
-        self._keys = keys
+        self._macs = MacChecker(keys) if keys is not None else None
         self._trusted = trusted
         self._accept_next = False
         self._at_boundary = False
@@ -277,8 +279,8 @@ class Tail:
         tally = self._tally
         events = tally.events
         emit = self._emit
-        keys = self._keys
-        loads = json.loads
+        macs = self._macs
+        decode = _DECODER.raw_decode
         find = data.find
         base = m.offset
         pos = 0
@@ -287,13 +289,16 @@ class Tail:
             if nl < 0:
                 return pos
             try:
-                entry = loads(data[pos:nl])
+                line = data[pos:nl]
+                entry, end = decode(line.decode())
+                if end != nl - pos:
+                    raise ValueError  # noqa: TRY301 -- trailing bytes after the object
                 seq = entry["seq"]
                 mac = entry["mac"]
                 prev = entry["prev"]
                 if type(seq) is not int or type(mac) is not str:
                     raise TypeError  # noqa: TRY301 -- handled like any unparsable line
-            except (ValueError, KeyError, TypeError, IndexError):
+            except (ValueError, KeyError, TypeError, IndexError, RecursionError):
                 tally.parse_errors += 1
                 pos = nl + 1
                 m.offset = base + pos
@@ -301,10 +306,8 @@ class Tail:
                 continue
             if seq != m.last_seq + 1 or prev != m.last_mac:
                 self._check_break(fd, base + pos)
-            if keys is not None:
-                expected, _why = expected_mac(data[pos:nl], entry.get("chain", ""), keys)
-                if expected is not None and expected != mac:
-                    tally.integrity_failures += 1  # the entry was modified after it was written
+            if macs is not None and macs.wrong(line, entry.get("chain"), mac):
+                tally.integrity_failures += 1  # the entry was modified after it was written
             self._at_boundary = False
             m.last_seq = seq
             m.last_mac = mac
