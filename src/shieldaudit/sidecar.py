@@ -167,33 +167,48 @@ class Sidecar:
 
 
 class RunnableListener(Protocol):
-    """The events listener as the sidecar drives it (``shieldaudit.listener``)."""
+    """The events listener as the sidecar drives it (``shieldaudit.listener.Listener``)."""
 
-    def run(self, stop: threading.Event) -> None:
-        """Listen until ``stop`` is set (reconnecting on its own)."""
+    def run(self) -> None:
+        """Listen until :meth:`close` (reconnecting on its own)."""
         ...
 
     def close(self) -> None:
-        """Release the connection; makes ``run`` return promptly."""
+        """Ask :meth:`run` to return; safe from any thread."""
         ...
 
 
 class ThreadedListener:
     """Runs a listener in a daemon thread and reports its status to the metrics."""
 
-    def __init__(self, listener: RunnableListener, status: Callable[[], tuple[bool, int]]) -> None:
-        """Start ``listener.run`` in a thread; ``status`` reads (connected, reconnects)."""
+    def __init__(
+        self,
+        listener: RunnableListener,
+        status: Callable[[], tuple[bool, int]],
+        *,
+        on_close: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Start ``listener.run`` in a thread.
+
+        Args:
+            listener: what to run.
+            status: reads ``(connected, reconnects)``.
+            on_close: releases what the listener used (its trail writer), once it stopped.
+        """
         self._listener = listener
         self._status = status
-        self._stop = threading.Event()
+        self._on_close = on_close
         self._thread = threading.Thread(target=self._run, name="events-listener", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        # The sidecar keeps counting trails when the listener dies; /readyz and
+        # shieldaudit_listener_connected show it, and the log says why.
         try:
-            self._listener.run(self._stop)
+            self._listener.run()
+        except ShieldAuditError as exc:
+            log.error("the events listener stopped: %s", exc.message)  # noqa: TRY400 -- one line
         except Exception:
-            # The sidecar keeps counting trails; /readyz and the gauge show the listener down.
             log.exception("the events listener stopped")
 
     def status(self) -> tuple[bool, int]:
@@ -202,14 +217,15 @@ class ThreadedListener:
         return connected and self._thread.is_alive(), reconnects
 
     def close(self, timeout: float = 1.0) -> None:
-        """Stop the listener and wait up to ``timeout`` seconds for its thread."""
-        self._stop.set()
+        """Stop the listener, wait up to ``timeout`` seconds, then release its resources."""
         with contextlib.suppress(Exception):
             self._listener.close()
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._on_close()
 
 
-def start_listener(settings: Settings) -> ListenerHandle:
+def start_listener(settings: Settings, keys: KeyRing) -> ListenerHandle:
     """Start the events listener in a thread of this process (podman-py imported here).
 
     Raises:
@@ -221,13 +237,21 @@ def start_listener(settings: Settings) -> ListenerHandle:
         raise ShieldAuditError(
             "the events listener is not available in this installation: run with --no-listen",
         ) from None
-    listener = module.Listener.from_settings(settings)
+    from shieldaudit.store.writer import TrailWriter  # noqa: PLC0415
+
+    writer = TrailWriter(settings.store(), keys=keys)
+    listener = module.Listener(
+        settings.root,
+        module.PodmanSource(settings.podman_url),
+        writer,
+        fsync=settings.fsync == "always",
+    )
+    state = listener.status
 
     def status() -> tuple[bool, int]:
-        state = listener.status
         return bool(state.connected), int(state.reconnects)
 
-    return ThreadedListener(listener, status)
+    return ThreadedListener(listener, status, on_close=writer.close)
 
 
 def run_until_signalled(sidecar: Sidecar) -> None:

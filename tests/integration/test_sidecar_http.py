@@ -38,21 +38,21 @@ def eventually(condition, what: str) -> None:
 
 
 class FakeListener:
-    """Stands in for shieldaudit.listener: connected when told, stops on the event."""
+    """Stands in for shieldaudit.listener.Listener: connected when told, runs until closed."""
 
     def __init__(self) -> None:
         """Start disconnected."""
         self.connected = False
         self.reconnects = 0
-        self.closed = False
+        self.closed = threading.Event()
 
-    def run(self, stop: threading.Event) -> None:
-        """Block until stopped, like a real listener."""
-        stop.wait()
+    def run(self) -> None:
+        """Block until closed, like a real listener."""
+        self.closed.wait()
 
     def close(self) -> None:
-        """Record that the sidecar closed it."""
-        self.closed = True
+        """Make run() return."""
+        self.closed.set()
 
 
 def test_readiness_follows_scan_and_listener(tmp_path):
@@ -88,7 +88,7 @@ def test_readiness_follows_scan_and_listener(tmp_path):
         sidecar.stop()
         thread.join(timeout=10)
     assert not thread.is_alive()
-    assert fake.closed
+    assert fake.closed.is_set()
 
 
 def test_no_listen_is_ready_after_scan(tmp_path):

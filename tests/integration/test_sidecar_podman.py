@@ -145,8 +145,13 @@ def test_container_lifecycle_counted_and_scraped_by_prometheus(tmp_path, podman_
         sidecar.close()
 
 
-def _wait_labelled(sidecar: SidecarProc, condition) -> dict[str, float]:
-    """Like wait_for, but also exposing hook series as ``hook:<stage>`` keys."""
+def _wait_labelled(
+    sidecar: SidecarProc, condition, source: str | None = "hook"
+) -> dict[str, float]:
+    """Like wait_for, also exposing each events_total series as ``<source>:<action>``.
+
+    Only series of ``source`` are exposed that way (all sources when None).
+    """
     from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
 
     def labelled() -> dict[str, float]:
@@ -157,8 +162,11 @@ def _wait_labelled(sidecar: SidecarProc, condition) -> dict[str, float]:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 values[sample.name] = values.get(sample.name, 0.0) + sample.value
-                if sample.name == "shieldaudit_events_total" and sample.labels["source"] == "hook":
-                    values[f"hook:{sample.labels['action']}"] = sample.value
+                if sample.name == "shieldaudit_events_total" and (
+                    source is None or sample.labels["source"] == source
+                ):
+                    key = f"{sample.labels['source']}:{sample.labels['action']}"
+                    values[key] = sample.value
         return values
 
     deadline = time.monotonic() + DEADLINE_S
@@ -169,3 +177,37 @@ def _wait_labelled(sidecar: SidecarProc, condition) -> dict[str, float]:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out; last metrics: {values}")
         time.sleep(0.05)
+
+
+def test_listener_in_process_records_and_counts_events(tmp_path, podman_env, podman_service):
+    """With the listener in-process, one container's events and hooks are all counted."""
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    hooks_dir = tmp_path / "hooks.d"
+    install_hooks(hooks_dir, root)
+    sidecar = SidecarProc(root, listen=True, env={"SHIELDAUDIT_PODMAN_URL": podman_service.url})
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while sidecar.get("/readyz")[0] != 200:
+            assert time.monotonic() < deadline, sidecar.get("/readyz")
+            time.sleep(0.1)
+        assert sidecar.metrics()["shieldaudit_listener_connected"] == 1
+
+        podman_env.run("--hooks-dir", str(hooks_dir), "run", "--rm", podman_env.image, "true")
+
+        def counted(values: dict[str, float], source: str, action: str) -> float:
+            return values.get(f"{source}:{action}", 0.0)
+
+        wanted = [("hook", s) for s in STAGES] + [
+            ("events", a) for a in ("create", "init", "start", "died", "remove")
+        ]
+        after = _wait_labelled(
+            sidecar, lambda v: all(counted(v, s, a) >= 1 for s, a in wanted), source=None
+        )
+        for source, action in wanted:
+            assert counted(after, source, action) == 1, (source, action)
+        assert after["shieldaudit_watched_containers"] == 1
+        assert after["shieldaudit_integrity_failures_total"] == 0
+        assert sidecar.terminate() == 0
+    finally:
+        sidecar.close()

@@ -55,9 +55,11 @@ def sealed_count(root: Path) -> int:
 
 
 class SidecarProc:
-    """A ``shieldaudit sidecar --no-listen`` subprocess on a free loopback port."""
+    """A ``shieldaudit sidecar`` subprocess (``--no-listen`` unless asked) on a free port."""
 
-    def __init__(self, root: Path, *extra: str) -> None:
+    def __init__(
+        self, root: Path, *extra: str, listen: bool = False, env: dict[str, str] | None = None
+    ) -> None:
         """Start it; stdout is piped (for --emit), stderr kept for failure messages."""
         self.port = free_port()
         self.proc = subprocess.Popen(
@@ -68,14 +70,14 @@ class SidecarProc:
                 "--root",
                 str(root),
                 "sidecar",
-                "--no-listen",
+                *([] if listen else ["--no-listen"]),
                 "--metrics-port",
                 str(self.port),
                 *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**os.environ, "SHIELDAUDIT_CONFIG": os.devnull},
+            env={**os.environ, "SHIELDAUDIT_CONFIG": os.devnull, **(env or {})},
         )
 
     def get(self, path: str) -> tuple[int, str]:

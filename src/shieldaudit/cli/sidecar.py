@@ -13,13 +13,14 @@ from shieldaudit.cli.context import app
 if TYPE_CHECKING:
     from shieldaudit.config import Settings
     from shieldaudit.sidecar import ListenerHandle
+    from shieldaudit.store.chain import KeyRing
 
 
-def listener_factory(settings: Settings) -> ListenerHandle:
+def listener_factory(settings: Settings, keys: KeyRing) -> ListenerHandle:
     """Start the events listener in a thread of this process (imported only when used)."""
     from shieldaudit.sidecar import start_listener  # noqa: PLC0415 -- podman-py is heavy
 
-    return start_listener(settings)
+    return start_listener(settings, keys)
 
 
 @click.command("sidecar")
@@ -71,6 +72,6 @@ def sidecar_command(  # noqa: PLR0917 -- click passes one argument per option
         from_end=from_end,
         poll_interval=settings.poll_interval,
         keys=keys,
-        listener=None if no_listen else (lambda: listener_factory(settings)),
+        listener=None if no_listen else (lambda: listener_factory(settings, keys)),
     )
     run_until_signalled(sidecar)
