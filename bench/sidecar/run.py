@@ -306,7 +306,10 @@ def main() -> int:
             "≥ 100,000 entries/s",
         )
     )
-    print(f"\nSidecar at {containers:,} trails (one run; {os.cpu_count()} CPUs; latency percentiles over the same appends for both)\n")
+    print(
+        f"\nSidecar at {containers:,} trails (one run; {os.cpu_count()} CPUs; "
+        "latency percentiles over the same appends for both)\n"
+    )
     print("| measure | sidecar | baseline / note | target |")
     print("|---|---|---|---|")
     for row in rows:
