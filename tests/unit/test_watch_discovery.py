@@ -163,3 +163,30 @@ def test_emitted_lines_are_watch_events(tmp_path):
         (2, "hook", "poststop", ""),
     ]
     assert (events[1].dest, events[1].detail, events[1].container_id) == ("d", "x", CID_A)
+
+
+class _Overflowing(inotify.Inotify):
+    """Real inotify whose queue "overflows" once after the first read: events are lost."""
+
+    def __init__(self) -> None:
+        """Start with the overflow armed."""
+        super().__init__()
+        self.armed = True
+
+    def read_events(self):
+        """Drop the real events once, reporting an overflow instead, as the kernel does."""
+        events = super().read_events()
+        if self.armed and events:
+            self.armed = False
+            return [inotify.Event(-1, inotify.IN_Q_OVERFLOW, 0, "")]
+        return events
+
+
+def test_queue_overflow_rescans_every_trail(tmp_path):
+    """When inotify's queue overflows (events lost), every trail is rescanned: none missed."""
+    root = tmp_path / "root"
+    (root / "containers").mkdir(parents=True, mode=0o700)
+    with Loop(root, inotify_factory=_Overflowing) as loop:
+        loop.wait_for(loop.watcher.ready.is_set, "initial scan")
+        write_one_each(root, [cid(n) for n in range(20)])
+        loop.wait_for(lambda: loop.events == 20 and loop.watched == 20, "20 trails")

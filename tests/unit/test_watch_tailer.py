@@ -418,3 +418,23 @@ def test_keyed_chains_checked_with_the_key_only(tmp_path):
     assert with_key.events == without_key.events == 3
     assert with_key.published.integrity_failures == 1
     assert without_key.published.integrity_failures == 0
+
+
+def test_planted_symlink_or_fifo_is_not_followed(tmp_path):
+    """A symlink or FIFO in place of audit.jsonl is refused: nothing read, nothing hangs."""
+    root = tmp_path / "root"
+    append(root, CID_A, 2)
+    append(root, CID_B, 2)
+    outside = tmp_path / "outside.jsonl"
+    outside.write_bytes((trail(root, CID_B) / "audit.jsonl").read_bytes())
+    for path in trail(root, CID_B).iterdir():
+        path.unlink()
+    (trail(root, CID_B) / "audit.jsonl").symlink_to(outside)
+    fifo_dir = trail(root, "f" * 64)
+    fifo_dir.mkdir(mode=0o700)
+    os.mkfifo(fifo_dir / "audit.jsonl")
+    proc = Process(root).stop()
+
+    assert proc.events == 2
+    assert {e["container_id"] for e in proc.emitted} == {CID_A}
+    assert proc.published.parse_errors == 0

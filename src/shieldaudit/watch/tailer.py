@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from shieldaudit.errors import ShieldAuditError
 from shieldaudit.store import layout
 from shieldaudit.store.chain import NO_KEYS, KeyRing
 from shieldaudit.watch.anchor import (
@@ -217,9 +216,6 @@ class Tail:
             fd = layout.open_regular(dir_fd, name, os.O_RDONLY, Path(name))
         except FileNotFoundError:
             raise _Resync from None
-        except ShieldAuditError:
-            self._tally.parse_errors += 1  # a planted symlink or FIFO: not a trail
-            raise
         try:
             if os.fstat(fd).st_ino != m.inode:
                 raise _Resync

@@ -126,6 +126,7 @@ class Watcher:
         self._commit_cost = 0.0
         self._watches: Watches | None = None
         self._save_failing = False
+        self._warned: set[str] = set()  # trails whose read failure was logged
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         if use_inotify:
             self._start_inotify(inotify_factory)
@@ -279,6 +280,7 @@ class Watcher:
         self._dirty.discard(cid)
         self._unsaved.discard(cid)
         self._polled.discard(cid)
+        self._warned.discard(cid)
         self._checkpoint.forget(cid)
         if self._watches is not None:
             self._watches.remove(cid)
@@ -371,19 +373,27 @@ class Watcher:
         except FileNotFoundError:
             return  # removed: the containers watch (or the next scan) drops it
         except (OSError, ShieldAuditError) as exc:
-            log.warning("cannot open trail %s: %s", cid[:12], exc)
+            self._warn_once(cid, f"cannot open trail {cid[:12]}: {exc}")
             return
         try:
             moved, more = tail.advance(dir_fd, READ_BUDGET)
         except (OSError, ShieldAuditError) as exc:
-            log.warning("cannot read trail %s: %s", cid[:12], exc)
+            # A symlink or FIFO planted in place of a segment, an I/O error: the
+            # trail is retried on its next change, and the log says it once.
+            self._warn_once(cid, f"cannot read trail {cid[:12]}: {exc}")
             moved, more = False, False
         finally:
             os.close(dir_fd)
         if moved:
+            self._warned.discard(cid)
             self._unsaved.add(cid)
         if more:
             self._dirty.add(cid)
+
+    def _warn_once(self, cid: str, message: str) -> None:
+        if cid not in self._warned:
+            self._warned.add(cid)
+            log.warning("%s", message)
 
     def _commit_gap(self) -> float:
         """Seconds between checkpoints: short when they are cheap, at most one second.
