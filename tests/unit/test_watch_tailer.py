@@ -438,3 +438,15 @@ def test_planted_symlink_or_fifo_is_not_followed(tmp_path):
     assert proc.events == 2
     assert {e["container_id"] for e in proc.emitted} == {CID_A}
     assert proc.published.parse_errors == 0
+
+
+def test_from_end_only_without_checkpoint(tmp_path):
+    """With a checkpoint, --from-end skips nothing: trails born while down are read whole."""
+    root = tmp_path / "root"
+    append(root, CID_A, 2)
+    Process(root, from_end=True).stop()
+    append(root, CID_A, 1)
+    append(root, CID_B, 3)  # a new trail while the sidecar was down
+    second = Process(root, from_end=True).stop()
+
+    assert second.events == 4

@@ -78,7 +78,7 @@ class Watcher:
             publish: receives the counts once the checkpoint covering them is saved.
             watched: receives the number of trails watched whenever it changes.
             emit: receives each new entry as it is read (``--emit``).
-            from_end: skip the history of trails that exist at start.
+            from_end: without a checkpoint, skip the history of trails that exist at start.
             poll_interval: seconds between polls of trails inotify cannot watch.
             use_inotify: False forces polling (also the fallback when inotify fails).
             keys: keys to recompute each entry's mac with (None: check links only).
@@ -109,7 +109,11 @@ class Watcher:
         self._hook = HookErrorsTail(
             layout.hook_errors_path(root), loaded.hook_errors if loaded else None
         )
-        if from_end and loaded is None:
+        if loaded is not None:
+            # With a checkpoint there is no history to skip: trails that appeared
+            # while the sidecar was down hold new entries.
+            self._from_end = False
+        elif from_end:
             self._hook.skip_to_end()
         self._checkpoint.set_hook_errors(self._hook.position)
         if loaded is None:
