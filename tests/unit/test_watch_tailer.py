@@ -8,6 +8,7 @@ What a process published is what Prometheus would have scraped from it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -450,3 +451,31 @@ def test_from_end_only_without_checkpoint(tmp_path):
     second = Process(root, from_end=True).stop()
 
     assert second.events == 4
+
+
+def test_random_retention_never_counts_twice(tmp_path):
+    """Retention deleting unread segments at random moments: no entry is counted twice.
+
+    Every gap left by deleted entries is one integrity failure, except before
+    the first entry ever seen of a trail: like ``verify``, history then starts
+    at the oldest retained entry.
+    """
+    rng = random.Random(10414)
+    root = tmp_path / "root"
+    seen: dict[str, list[int]] = {CID_A: [], CID_B: []}
+    failures = 0
+    for _ in range(15):
+        proc = Process(root)
+        for _ in range(rng.randint(1, 4)):
+            append(root, rng.choice([CID_A, CID_B]), rng.randint(0, 12), keep_segments=2)
+            if rng.random() < 0.7:
+                proc.step()
+        proc.stop()
+        failures += proc.published.integrity_failures
+        for entry in proc.emitted:
+            seen[str(entry["container_id"])].append(int(entry["seq"]))  # type: ignore[arg-type]
+    gaps = 0
+    for seqs in seen.values():
+        assert seqs == sorted(set(seqs))  # strictly increasing: never twice
+        gaps += sum(1 for a, b in itertools.pairwise(seqs) if b != a + 1)
+    assert failures == gaps
