@@ -1,0 +1,392 @@
+"""The listener loop: connect, replay from the cursor, write each new event once, reconnect.
+
+:class:`Listener` runs in whatever thread calls :meth:`Listener.run` (the
+``listen`` command's worker thread, or one of the sidecar's); :meth:`Listener.close`
+from any other thread (or a signal handler) stops it after the entry being
+written, if any, is on disk and the cursor saved. Its counters live in
+:class:`ListenerStatus`, which the sidecar turns into metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from shieldaudit.errors import (
+    InvalidContainerIdError,
+    LockTimeoutError,
+    ShieldAuditError,
+    StorageError,
+    UnsafePathError,
+)
+from shieldaudit.listener.cursor import Cursor, CursorStore, Seen, recent_event_keys
+from shieldaudit.listener.events import Mapped, Skipped, decode_line, map_event
+from shieldaudit.listener.source import EventSource, EventStream, SourceLost, SourceUnavailable
+from shieldaudit.store import layout
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from shieldaudit.store.writer import TrailWriter
+
+log = logging.getLogger("shieldaudit.listener")
+
+LOCK_FILE: Final = "listener.lock"
+#: Prune the dedup memory after this many writes (cheap; keeps it bounded).
+PRUNE_EVERY: Final = 256
+
+
+class ListenerBusyError(ShieldAuditError):
+    """Another listener already writes events into this root."""
+
+
+@dataclass
+class ListenerStatus:
+    """What the listener is doing, for metrics and ``/readyz`` (read from any thread).
+
+    ``reconnects`` counts connections made again after one was lost (the first
+    connection, even after failed attempts, is not a reconnect).
+    """
+
+    connected: bool = False
+    reconnects: int = 0
+    events_written: int = 0
+    duplicates_dropped: int = 0
+    events_skipped: int = 0
+    write_errors: int = 0
+    skipped_by_reason: Counter[str] = field(default_factory=Counter)
+    last_event_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Capped exponential delays: ``initial``, doubling, at most ``cap`` seconds."""
+
+    initial: float = 0.2
+    cap: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        """Return the delay before retry number ``attempt`` (0-based)."""
+        return float(min(self.cap, self.initial * (2 ** min(attempt, 30))))
+
+
+class Listener:
+    """Subscribe to container events and append one ``source=events`` entry per event."""
+
+    def __init__(
+        self,
+        root: Path,
+        source: EventSource,
+        writer: TrailWriter,
+        *,
+        status: ListenerStatus | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        backoff: Backoff | None = None,
+        fsync: bool = True,
+    ) -> None:
+        """Wire the listener; nothing is opened until :meth:`run`.
+
+        Args:
+            root: the trail root (the cursor and lock live under ``<root>/state``).
+            source: where events come from (:class:`PodmanSource` in production).
+            writer: the trail writer every entry goes through.
+            status: shared counters (the sidecar passes its own to read them).
+            clock: wall clock in ns (the first start's cursor).
+            backoff: reconnect delays.
+            fsync: make each cursor save durable (follow the store's fsync policy).
+        """
+        self.root = root
+        self.source = source
+        self.writer = writer
+        self.status = status if status is not None else ListenerStatus()
+        self._clock = clock
+        self._backoff = backoff or Backoff()
+        self._cursors = CursorStore(root, fsync=fsync)
+        self._seen = Seen()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._stream: EventStream | None = None
+        self._cursor = Cursor(0)
+        self._started_ns = 0
+        self._scanned: set[str] = set()
+        self._since_prune = 0
+
+    # -- control -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Ask the loop to stop; safe from any thread and from a signal handler."""
+        self._stop.set()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+
+    @property
+    def stopping(self) -> bool:
+        """Return whether :meth:`close` was called."""
+        return self._stop.is_set()
+
+    # -- the loop ----------------------------------------------------------
+
+    def run(self, *, once: bool = False) -> None:
+        """Listen until :meth:`close`; with ``once``, catch up to now and return.
+
+        Raises:
+            ListenerBusyError: another listener holds this root.
+            SourceUnavailable: ``once`` and the service cannot be reached.
+        """
+        lock_fd = self._take_lock()
+        try:
+            self._start_cursor()
+            if once:
+                self._catch_up()
+            else:
+                self._loop()
+        finally:
+            os.close(lock_fd)
+            self.status.connected = False
+
+    def _take_lock(self) -> int:
+        """Hold ``<root>/state/listener.lock`` so two listeners never write the same events."""
+        root_fd = layout.open_root(self.root, create=True)
+        try:
+            state_fd = layout.open_subdir(
+                root_fd, layout.STATE_DIR, layout.state_path(self.root), create=True
+            )
+        finally:
+            os.close(root_fd)
+        try:
+            fd = layout.open_regular(
+                state_fd,
+                LOCK_FILE,
+                os.O_RDWR | os.O_CREAT,
+                layout.state_path(self.root, LOCK_FILE),
+            )
+        finally:
+            os.close(state_fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ListenerBusyError(
+                f"another shieldaudit listener is running on {self.root} "
+                f"({layout.state_path(self.root, LOCK_FILE)} is locked): stop it, or use "
+                "'sidecar --no-listen'",
+            ) from None
+        return fd
+
+    def _start_cursor(self) -> None:
+        self._started_ns = self._clock()
+        saved = self._cursors.load()
+        if saved is None:
+            # First start: begin now, and persist it at once so that a crash
+            # before the first event still replays from here.
+            self._cursor = Cursor(self._started_ns)
+            self._cursors.save(self._cursor, self.source.url)
+            log.info("listener: no cursor yet, starting at the current time")
+        else:
+            self._cursor = saved
+
+    def _catch_up(self) -> None:
+        """Replay from the cursor up to a moment just after now, then stop."""
+        until = self._clock() // 1_000_000_000 + 1
+        stream = self._open(until)  # SourceUnavailable propagates: one attempt
+        try:
+            self._consume(stream)
+        except SourceLost as exc:
+            if not self.stopping:
+                raise SourceUnavailable(f"events stream broke: {exc}") from exc
+
+    def _loop(self) -> None:
+        attempt = 0
+        outage_since: float | None = None
+        ever_connected = False
+        while not self.stopping:
+            try:
+                stream = self._open(None)
+            except SourceUnavailable as exc:
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    log.warning(
+                        "listener: cannot reach Podman at %s: %s; retrying with backoff "
+                        "(is the service running? 'systemctl start podman.socket')",
+                        self.source.url,
+                        exc,
+                    )
+                self._stop.wait(self._backoff.delay(attempt))
+                attempt += 1
+                continue
+            if ever_connected:
+                self.status.reconnects += 1
+            if outage_since is not None:
+                log.warning(
+                    "listener: connected to %s after %.1fs (%d attempts)",
+                    self.source.url,
+                    time.monotonic() - outage_since,
+                    attempt,
+                )
+            ever_connected = True
+            outage_since = None
+            attempt = 0
+            try:
+                self._consume(stream)
+            except SourceLost as exc:
+                problem = str(exc)
+            else:
+                # Podman ends an open-ended stream only when it shuts down.
+                problem = "the service closed the events stream"
+            if self._stop.is_set():
+                break
+            outage_since = time.monotonic()
+            log.warning(
+                "listener: lost the events stream from %s: %s; reconnecting",
+                self.source.url,
+                problem,
+            )
+
+    def _open(self, until: int | None) -> EventStream:
+        stream = self.source.open(self._cursor.replay_since(), until)
+        with self._lock:
+            self._stream = stream
+        if self.stopping:  # close() ran before the stream was visible to it
+            stream.close()
+        self.status.connected = True
+        return stream
+
+    def _consume(self, stream: EventStream) -> None:
+        """Write every new event of one stream; returns when the stream ends."""
+        try:
+            for line in stream.lines():
+                if self.stopping:
+                    return
+                self._handle(line)
+        finally:
+            self.status.connected = False
+            with self._lock:
+                self._stream = None
+            stream.release()
+
+    # -- one event -----------------------------------------------------------
+
+    def _handle(self, line: bytes) -> None:
+        decoded = decode_line(line)
+        result = decoded if isinstance(decoded, Skipped) else map_event(decoded)
+        if isinstance(result, Skipped):
+            self._skip(result)
+            return
+        if self._already_written(result):
+            self.status.duplicates_dropped += 1
+            return
+        if not self._write(result):
+            return
+        self._seen.add(result.key)
+        self.status.events_written += 1
+        self.status.last_event_ns = result.key.time_ns
+        if result.key.time_ns > self._cursor.time_ns:
+            self._cursor = Cursor(result.key.time_ns)
+        try:
+            self._cursors.save(self._cursor, self.source.url)
+        except StorageError as exc:
+            # The entry is written; a stale cursor only means a longer replay,
+            # which dedup absorbs. Not worth stopping the listener for.
+            log.warning("listener: %s", exc)
+        self._since_prune += 1
+        if self._since_prune >= PRUNE_EVERY:
+            self._prune()
+
+    def _skip(self, skipped: Skipped) -> None:
+        self.status.events_skipped += 1
+        self.status.skipped_by_reason[skipped.reason] += 1
+        log.debug("listener: skipped an event (%s): %s", skipped.reason, skipped.detail)
+
+    def _already_written(self, mapped: Mapped) -> bool:
+        key = mapped.key
+        if key in self._seen:
+            return True
+        # An event from before this process started may have been written by
+        # the previous one after its last cursor save: ask the trail itself.
+        if key.time_ns < self._started_ns and key.container_id not in self._scanned:
+            self._scanned.add(key.container_id)
+            try:
+                found = recent_event_keys(self.root, key.container_id, self._cursor.floor_ns())
+            except ShieldAuditError as exc:
+                log.warning("listener: cannot read the trail of %s: %s", key.container_id, exc)
+                found = set()
+            for old in found:
+                self._seen.add(old)
+            return key in self._seen
+        return False
+
+    def _write(self, mapped: Mapped) -> bool:
+        """Append the entry, retrying with backoff while the store fails; False if skipped."""
+        attempt = 0
+        while True:
+            try:
+                self.writer.append(mapped.key.container_id, mapped.fields)
+            except (InvalidContainerIdError, UnsafePathError) as exc:
+                # This trail can never be written safely; recording the rest matters more.
+                self.status.write_errors += 1
+                self._skip(Skipped("unwritable", str(exc)))
+                log.error("listener: event for %s dropped: %s", mapped.key.container_id, exc)  # noqa: TRY400
+                return False
+            except (StorageError, LockTimeoutError) as exc:
+                self.status.write_errors += 1
+                if attempt == 0:
+                    log.error("listener: cannot write an event entry: %s; retrying", exc)  # noqa: TRY400
+                if self.stopping:
+                    # Not written, cursor not advanced: the next start replays it.
+                    return False
+                self._stop.wait(self._backoff.delay(attempt))
+                attempt += 1
+            else:
+                if attempt:
+                    log.warning("listener: writing again after %d failed attempts", attempt)
+                return True
+
+    def _prune(self) -> None:
+        self._since_prune = 0
+        floor = self._cursor.floor_ns()
+        self._seen.prune(floor)
+        if floor > self._started_ns:
+            self._scanned.clear()  # no replay can reach before this process started
+
+
+def run_until_signal(listener: Listener, *, once: bool = False) -> None:
+    """Run ``listener`` in a worker thread; SIGTERM/SIGINT stop it cleanly.
+
+    The main thread only waits for signals, so the handler never interrupts a
+    write: it asks the loop to stop, and the loop stops after the current
+    entry and cursor save.
+    """
+    import signal  # noqa: PLC0415
+
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            listener.run(once=once)
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the main thread
+            failure.append(exc)
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        listener.close()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    worker = threading.Thread(target=target, name="shieldaudit-listener", daemon=True)
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.5)
+    finally:
+        for sig, handler in previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, handler)
+    if failure:
+        raise failure[0]
