@@ -75,6 +75,7 @@ class PodmanSource:
 
     def open(self, since: int | None, until: int | None = None) -> PodmanStream:
         """Connect and start the stream; raise SourceUnavailable with the reason."""
+        _probe_unix_socket(self.url, self._connect_timeout)
         from podman import PodmanClient  # noqa: PLC0415 -- heavy; only the listener needs it
         from podman import api as podman_api  # noqa: PLC0415
 
@@ -149,6 +150,26 @@ class PodmanStream:
             self._response.close()
         with contextlib.suppress(Exception):
             self._client.close()
+
+
+def _probe_unix_socket(url: str, timeout: float) -> None:
+    """Connect to a ``unix://`` socket once, to report a missing or dead one clearly.
+
+    podman-py leaks the socket object of a failed connection (a ResourceWarning
+    per retry while the service is away) and words every failure alike; a plain
+    probe that closes its socket avoids both.
+    """
+    if not url.startswith("unix://"):
+        return
+    path = url.removeprefix("unix://")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(timeout)
+        probe.connect(path)
+    except OSError as exc:
+        raise SourceUnavailable(f"{path}: {reason(exc)}") from None
+    finally:
+        probe.close()
 
 
 def _socket_of(response: Any) -> socket.socket | None:  # noqa: ANN401
