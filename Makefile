@@ -54,13 +54,13 @@ test: deps venv image lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: venv deps image
-	@if [[ ! -f bench/run_all.py ]]; then \
-		echo "make bench: bench/run_all.py does not exist yet" >&2; exit 1; \
-	fi
 	$(BIN)/python bench/run_all.py
 
+# On a fresh host: Podman and runc from Debian when missing, the venv, then the
+# agent (hooks installed fail-open, sidecar with the listener; see scripts/run-agent.sh).
 run: venv
-	$(BIN)/shieldaudit install-hooks && exec $(BIN)/shieldaudit sidecar
+	scripts/install-test-deps.sh podman runc
+	VENV=$(abspath $(VENV)) scripts/run-agent.sh
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
