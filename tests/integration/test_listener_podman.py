@@ -217,6 +217,25 @@ def test_sigterm_exits_zero_with_cursor_saved(podman_env, listen):
     assert cursor["time_ns"] >= newest
 
 
+def test_once_catches_up_and_exits(podman_env, listen):
+    """`listen --once` records what happened since the cursor, then exits 0."""
+    assert listen.signal(signal.SIGTERM) == 0
+    name = unique("lst-once")
+    run_and_remove(podman_env, name)
+
+    result = subprocess.run(
+        [*SHIELDAUDIT, "--root", str(listen.root), "listen", "--once", "--url", listen.url],
+        env=listen.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert_exactly_once(listen.root, name)
+
+
 def test_fifty_containers_in_quick_succession(podman_env, listen):
     """50 containers started back to back (4 at a time) give 50 complete lifecycles."""
     names = [unique(f"lst-burst{i:02d}") for i in range(50)]

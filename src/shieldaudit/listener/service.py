@@ -42,6 +42,8 @@ log = logging.getLogger("shieldaudit.listener")
 LOCK_FILE: Final = "listener.lock"
 #: Prune the dedup memory after this many writes (cheap; keeps it bounded).
 PRUNE_EVERY: Final = 256
+#: How far past the wall clock an event time may move the cursor.
+MAX_SKEW_NS: Final = 60 * 1_000_000_000
 
 
 class ListenerBusyError(ShieldAuditError):
@@ -290,7 +292,9 @@ class Listener:
         self.status.events_written += 1
         self.status.last_event_ns = result.key.time_ns
         if result.key.time_ns > self._cursor.time_ns:
-            self._cursor = Cursor(result.key.time_ns)
+            # An event stamped far in the future (a skewed clock) must not push
+            # the replay start past events still to come; dedup covers the rest.
+            self._cursor = Cursor(min(result.key.time_ns, self._clock() + MAX_SKEW_NS))
         try:
             self._cursors.save(self._cursor, self.source.url)
         except StorageError as exc:

@@ -183,17 +183,19 @@ def reason(exc: BaseException) -> str:
     """Return the most telling one-line reason in an exception chain.
 
     podman-py reports every connection failure as "GET operation failed"; the
-    useful part ("No such file or directory", "Connection refused") is the
-    innermost OSError.
+    useful part ("No such file or directory", "Connection refused", a bad
+    status line) is deeper: an OSError's text, else the innermost exception.
     """
-    best: BaseException = exc
     seen: set[int] = set()
     current: BaseException | None = exc
+    innermost = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, OSError) and current.strerror:
-            best = current
+            return current.strerror
+        innermost = current
         current = current.__cause__ or current.__context__
-    if isinstance(best, OSError) and best.strerror:
-        return best.strerror
-    return (str(best) or type(best).__name__).splitlines()[0][:200]
+    text = str(innermost).strip()
+    if innermost is not exc:
+        text = f"{type(innermost).__name__}: {text}" if text else type(innermost).__name__
+    return (text or type(exc).__name__).splitlines()[0][:200]
