@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
+import click
 import pytest
 
 from cli_helpers import SECOND, T0, cid, invoke, write_trail
+from shieldaudit.cli import inspect, output
 from shieldaudit.timefmt import format_ns
 
 WEB_OLD = cid("a")
@@ -280,3 +283,55 @@ def test_a_planted_symlink_is_skipped_by_ls_and_reported_by_verify(root, tmp_pat
     assert check.code == 1
     assert check.lines[0].startswith(f"{cid('d')[:12]} - seq ?: ")
     assert check.lines[-1].startswith("FAILED: 4 container(s)")
+
+
+def test_show_no_trunc_prints_exact_times_and_full_details(tmp_path):
+    """--no-trunc keeps microseconds and the whole detail; the default cuts both."""
+    root = tmp_path / "root"
+    write_trail(root, cid("9"), ["create"], image="i" * 200)
+    short = invoke(root, "show", "999").out
+    full = invoke(root, "show", "999", "--no-trunc").out
+    assert format_ns(T0) in full
+    assert format_ns(T0) not in short
+    assert "i" * 200 in full
+    assert "…" in short
+
+
+def test_colour_is_decided_from_the_terminal_and_no_color(monkeypatch):
+    """Colour when stdout is a terminal, unless NO_COLOR is set."""
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(output.sys, "stdout", Terminal())
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert output.colour_wanted()
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not output.colour_wanted()
+
+
+def test_ls_and_show_colour_when_wanted(root, monkeypatch):
+    """With colour on, states and sources are coloured; JSON never is."""
+    monkeypatch.setattr(inspect, "colour_wanted", lambda: True)
+    assert "\x1b[32mrunning" in invoke(root, "ls").out
+    assert "\x1b[" in invoke(root, "show", "db").out
+    assert "\x1b[" not in invoke(root, "show", "db", "--json").out
+
+
+@pytest.mark.parametrize(
+    ("raised", "code"),
+    [(KeyboardInterrupt(), 130), (BrokenPipeError(errno.EPIPE, "Broken pipe"), 0)],
+)
+def test_quiet_exit_turns_ctrl_c_and_epipe_into_silent_exits(raised, code):
+    """Ctrl-C exits 130 and a closed pipe exits 0, both without a word."""
+    with pytest.raises(click.exceptions.Exit) as info, output.quiet_exit():
+        raise raised
+    assert info.value.exit_code == code
+
+
+def test_quiet_exit_lets_other_os_errors_through():
+    """An I/O error that is not EPIPE is not hidden."""
+    with pytest.raises(PermissionError), output.quiet_exit():
+        raise PermissionError(errno.EACCES, "denied")

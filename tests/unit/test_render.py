@@ -124,3 +124,9 @@ def test_entry_line_columns_and_details():
     assert exact.startswith("2026-11-22T10:00:00.123456Z")
     coloured = render.entry_line(entry, exact=False, colour=True, label="web")
     assert ANSI.sub("", coloured) == line
+
+
+def test_every_state_style_exists_and_unknown_styles_are_plain():
+    """Each lifecycle state has a real style; an unknown style name leaves the text plain."""
+    assert set(render.STATE_STYLES.values()) <= set(render.STYLES)
+    assert render.paint("x", "no-such-style", colour=True) == "x"

@@ -44,10 +44,10 @@ def write_json_line(line: bytes | str) -> None:
 def chain_cell(summary: Summary, verified: bool | None) -> render.Cell:
     """Say what is known about a trail's chain: fully verified, or only its tail checked."""
     if verified is not None:
-        return ("ok", "ok") if verified else ("FAILED", "FAILED")
+        return ("ok", "green") if verified else ("FAILED", "red")
     if summary.tail_ok is None:
         return "-"
-    return ("tail ok", "ok") if summary.tail_ok else ("BROKEN", "BROKEN")
+    return ("tail ok", "green") if summary.tail_ok else ("BROKEN", "red")
 
 
 def ls_row(
@@ -117,8 +117,9 @@ def ls_command(ctx: click.Context, *, as_json: bool, no_trunc: bool, full_verify
     now = datetime.now(UTC)
     rows = [ls_row(s, now, exact=no_trunc, verified=verdicts[s.container_id]) for s in summaries]
     headers = (*LS_HEADERS, "VERIFY" if full_verify else "CHAIN")
-    for line in render.table(headers, rows, colour=colour_wanted(), right=frozenset({3})):
-        click.echo(line)
+    colour = colour_wanted()
+    for line in render.table(headers, rows, colour=colour, right=frozenset({3})):
+        click.echo(line, color=colour)  # the decision is ours: click would strip codes again
 
 
 def entry_filter(

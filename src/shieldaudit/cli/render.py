@@ -28,16 +28,13 @@ STYLES: Final[dict[str, str]] = {
     "magenta": "35",
     "cyan": "36",
 }
-#: Style of each lifecycle state and integrity verdict.
+#: Style of each lifecycle state.
 STATE_STYLES: Final[dict[str, str]] = {
     "created": "cyan",
     "running": "green",
     "exited": "yellow",
     "removed": "dim",
     "unknown": "magenta",
-    "ok": "green",
-    "BROKEN": "red",
-    "FAILED": "red",
 }
 SOURCE_STYLES: Final[dict[str, str]] = {"hook": "blue", "events": "magenta", "cli": "cyan"}
 GAP: Final = "  "
@@ -59,7 +56,8 @@ def paint(text: str, style: str | None, *, colour: bool) -> str:
     """Wrap ``text`` in the style's ANSI codes when colouring."""
     if not colour or not style or not text:
         return text
-    return f"\x1b[{STYLES[style]}m{text}\x1b[0m"
+    code = STYLES.get(style)
+    return f"\x1b[{code}m{text}\x1b[0m" if code else text
 
 
 def truncate(text: str, width: int) -> str:
