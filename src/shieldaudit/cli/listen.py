@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
+from typing import TYPE_CHECKING
 
 import click
 
 from shieldaudit.cli.context import app
 from shieldaudit.errors import ShieldAuditError
+
+if TYPE_CHECKING:
+    from shieldaudit.listener import Listener
 
 
 @click.command("listen")
@@ -36,7 +43,6 @@ def listen_command(ctx: click.Context, *, url: str | None, once: bool, verbose: 
     Non-container events (images, pods, volumes…) are ignored.
     """
     from shieldaudit.listener import Listener, PodmanSource, SourceUnavailable  # noqa: PLC0415
-    from shieldaudit.listener.service import run_until_signal  # noqa: PLC0415
     from shieldaudit.store.writer import TrailWriter  # noqa: PLC0415
 
     context = app(ctx)
@@ -71,3 +77,35 @@ def _configure_logging(*, verbose: bool) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
+
+
+def run_until_signal(listener: Listener, *, once: bool = False) -> None:
+    """Run ``listener`` in a worker thread; SIGTERM/SIGINT stop it cleanly.
+
+    The main thread only waits for signals, so the handler never interrupts a
+    write: it asks the loop to stop, and the loop stops after the current
+    entry and cursor save.
+    """
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            listener.run(once=once)
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the main thread
+            failure.append(exc)
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        listener.close()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    worker = threading.Thread(target=target, name="shieldaudit-listener", daemon=True)
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.5)
+    finally:
+        for sig, handler in previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, handler)
+    if failure:
+        raise failure[0]

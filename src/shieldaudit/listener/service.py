@@ -9,7 +9,6 @@ written, if any, is on disk and the cursor saved. Its counters live in
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
@@ -42,6 +41,8 @@ log = logging.getLogger("shieldaudit.listener")
 LOCK_FILE: Final = "listener.lock"
 #: Prune the dedup memory after this many writes (cheap; keeps it bounded).
 PRUNE_EVERY: Final = 256
+#: ``--once`` replays up to this many seconds past its start (see _catch_up).
+ONCE_UNTIL_MARGIN_S: Final = 3
 #: How far past the wall clock an event time may move the cursor.
 MAX_SKEW_NS: Final = 60 * 1_000_000_000
 
@@ -197,8 +198,13 @@ class Listener:
             self._cursor = saved
 
     def _catch_up(self) -> None:
-        """Replay from the cursor up to a moment just after now, then stop."""
-        until = self._clock() // 1_000_000_000 + 1
+        """Replay from the cursor up to a moment just after now, then stop.
+
+        ``until`` is whole seconds and must be clearly in the future: Podman
+        4.3's file events backend returns nothing, or part of the log, when it
+        has already passed by the time the request is served (podman #29579).
+        """
+        until = self._clock() // 1_000_000_000 + ONCE_UNTIL_MARGIN_S
         stream = self._open(until)  # SourceUnavailable propagates: one attempt
         try:
             self._consume(stream)
@@ -360,37 +366,3 @@ class Listener:
         self._seen.prune(floor)
         if floor > self._started_ns:
             self._scanned.clear()  # no replay can reach before this process started
-
-
-def run_until_signal(listener: Listener, *, once: bool = False) -> None:
-    """Run ``listener`` in a worker thread; SIGTERM/SIGINT stop it cleanly.
-
-    The main thread only waits for signals, so the handler never interrupts a
-    write: it asks the loop to stop, and the loop stops after the current
-    entry and cursor save.
-    """
-    import signal  # noqa: PLC0415
-
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            listener.run(once=once)
-        except BaseException as exc:  # noqa: BLE001 -- re-raised in the main thread
-            failure.append(exc)
-
-    def on_signal(_signum: int, _frame: object) -> None:
-        listener.close()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    worker = threading.Thread(target=target, name="shieldaudit-listener", daemon=True)
-    try:
-        worker.start()
-        while worker.is_alive():
-            worker.join(0.5)
-    finally:
-        for sig, handler in previous.items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(sig, handler)
-    if failure:
-        raise failure[0]
