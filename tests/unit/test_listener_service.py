@@ -143,6 +143,30 @@ def test_first_start_begins_at_its_own_start_time_and_saves_it(tmp_path):
     assert CursorStore(root).load() == Cursor(START)
 
 
+def test_first_start_ignores_events_from_before_it(tmp_path):
+    """The replay overlap reaches before the first start; those older events are not written."""
+    root = tmp_path / "root"
+    early = [line(CID_A, "create", START - 2 * S), line(CID_A, "start", START + 1)]
+    listener = make_listener(root, FakeSource([FakeStream(early, then="end")]))
+
+    listener.run()
+
+    assert [e[0] for e in events_of(root, CID_A)] == ["start"]
+    assert listener.status.before_first_start == 1
+
+
+def test_later_start_replays_events_from_before_it(tmp_path):
+    """With a cursor, events that happened while the listener was down are written."""
+    root = tmp_path / "root"
+    CursorStore(root).save(Cursor(START - 3 * S), "fake")
+    early = [line(CID_A, "create", START - 2 * S), line(CID_A, "start", START + 1)]
+    listener = make_listener(root, FakeSource([FakeStream(early, then="end")]))
+
+    listener.run()
+
+    assert [e[0] for e in events_of(root, CID_A)] == ["create", "start"]
+
+
 def test_restart_after_kill_between_write_and_cursor_save_does_not_duplicate(tmp_path):
     """An entry written by a previous process whose cursor lagged is found in the trail."""
     root = tmp_path / "root"

@@ -113,7 +113,7 @@ class CursorStore:
             os.close(root_fd)
 
     def save(self, cursor: Cursor, url: str) -> None:
-        """Write the cursor atomically: temp file, fsync, rename, fsync the directory.
+        """Write the cursor atomically: temp file, fsync, rename.
 
         A crash at any point leaves either the old cursor or the new one, never
         a half-written file that would make the next start lose its place.
@@ -146,9 +146,11 @@ class CursorStore:
                         os.fsync(fd)
                 finally:
                     os.close(fd)
+                # No fsync of the directory: if a crash loses the rename, the
+                # old cursor remains and the next replay is only longer (dedup
+                # absorbs it). The file itself is synced before the rename, so a
+                # crash can never leave an empty cursor in its place.
                 os.replace(tmp_name, CURSOR_FILE, src_dir_fd=state_fd, dst_dir_fd=state_fd)
-                if self._fsync:
-                    layout.fsync_dir(state_fd)
             finally:
                 os.close(state_fd)
         except OSError as exc:

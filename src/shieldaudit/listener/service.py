@@ -65,6 +65,8 @@ class ListenerStatus:
     duplicates_dropped: int = 0
     events_skipped: int = 0
     write_errors: int = 0
+    #: events older than the very first start (no cursor yet), which are not recorded
+    before_first_start: int = 0
     skipped_by_reason: Counter[str] = field(default_factory=Counter)
     last_event_ns: int | None = None
 
@@ -119,6 +121,7 @@ class Listener:
         self._stream: EventStream | None = None
         self._cursor = Cursor(0)
         self._started_ns = 0
+        self._not_before_ns = 0
         self._scanned: set[str] = set()
         self._since_prune = 0
 
@@ -190,8 +193,10 @@ class Listener:
         saved = self._cursors.load()
         if saved is None:
             # First start: begin now, and persist it at once so that a crash
-            # before the first event still replays from here.
+            # before the first event still replays from here. The replay's
+            # overlap reaches back before now; those events are not ours.
             self._cursor = Cursor(self._started_ns)
+            self._not_before_ns = self._started_ns
             self._cursors.save(self._cursor, self.source.url)
             log.info("listener: no cursor yet, starting at the current time")
         else:
@@ -288,6 +293,9 @@ class Listener:
         result = decoded if isinstance(decoded, Skipped) else map_event(decoded)
         if isinstance(result, Skipped):
             self._skip(result)
+            return
+        if result.key.time_ns < self._not_before_ns:
+            self.status.before_first_start += 1
             return
         if self._already_written(result):
             self.status.duplicates_dropped += 1
