@@ -283,3 +283,15 @@ def test_reader_last_entries_reads_across_segments(tmp_path):
     with TrailDir(root, CID_A) as directory:
         last = directory.last_entries(4)
     assert [e["seq"] for e in last] == [7, 8, 9, 10]
+
+
+def test_deeply_nested_garbage_line_is_skipped_not_a_crash(tmp_path):
+    """A line of 200,000 '[' (hostile nesting) is reported by verify; appends continue."""
+    root = tmp_path / "root"
+    write(root, CID_A, 1)
+    with (trail(root, CID_A) / "audit.jsonl").open("ab") as handle:
+        handle.write(b"[" * 200_000 + b"\n")
+    assert write(root, CID_A, 1) == [2]
+    report = verify_container(root, CID_A)
+    assert any("nested too deeply" in p.message for p in report.problems)
+    assert report.last_seq == 2

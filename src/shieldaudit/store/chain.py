@@ -230,6 +230,9 @@ def parse_line(line: bytes) -> dict[str, object]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        # A hostile line of deeply nested brackets must not crash every later append.
+        raise ValueError("not an entry (JSON nested too deeply)") from None
     if not isinstance(value, dict):
         raise ValueError(f"not a JSON object but {type(value).__name__}")
     seq = value.get("seq")
