@@ -8,6 +8,7 @@ entries exactly as stored, one JSON object per line.
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -20,8 +21,9 @@ from shieldaudit.cli.output import colour_wanted, quiet, warn
 from shieldaudit.cli.resolve import resolve_all
 from shieldaudit.cli.tail import tail_command
 from shieldaudit.cli.timeargs import parse_time, ts_bound
-from shieldaudit.cli.trails import Trails
+from shieldaudit.cli.trails import COMPLETE, INCOMPLETE, Trails, stream_lines
 from shieldaudit.errors import ContainerNotFoundError, UsageError
+from shieldaudit.store import chain
 from shieldaudit.store.reader import TrailDir
 
 if TYPE_CHECKING:
@@ -236,17 +238,30 @@ def _stream(
         return 0  # pruned between resolving and reading
     with trail:
         segments = trail.segments()
-        for record in trail.records(segments):
-            entry = record.entry
-            if entry is None:
-                # A final line still being written is not an error.
-                if record.line.complete or record.segment is not segments[-1]:
-                    unreadable += 1
-                continue
-            if not keep(entry):
-                continue
-            if as_json:
-                binary.write(record.line.data + b"\n")
-            else:
-                text.write(render.entry_line(entry, exact=exact, colour=colour, label=label) + "\n")
+        for segment in segments:
+            try:
+                fd = trail.open_segment(segment)
+            except FileNotFoundError:
+                continue  # removed by retention meanwhile
+            try:
+                for line, kind in stream_lines(fd):
+                    try:
+                        entry = chain.parse_line(line) if kind == COMPLETE else None
+                    except ValueError:
+                        entry = None
+                    if entry is None:
+                        # A final line still being written is not an error.
+                        if kind != INCOMPLETE or segment is not segments[-1]:
+                            unreadable += 1
+                        continue
+                    if not keep(entry):
+                        continue
+                    if as_json:
+                        binary.write(line + b"\n")
+                    else:
+                        text.write(
+                            render.entry_line(entry, exact=exact, colour=colour, label=label) + "\n"
+                        )
+            finally:
+                os.close(fd)
     return unreadable

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 #: and lifecycle action and to check a few chain links.
 TAIL_ENTRIES: Final = 8
 _HEAD_CHUNK: Final = 4096
+_STREAM_CHUNK: Final = 256 * 1024
+#: Kinds of line :func:`stream_lines` yields.
+COMPLETE: Final = 0
+OVERSIZED: Final = 1
+INCOMPLETE: Final = 2
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: O_NONBLOCK: a FIFO planted as a segment must not hang the open.
 _FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -246,3 +251,37 @@ def complete_end(fd: int, size: int) -> int:
         if nl >= 0:
             return pos + nl + 1
     return 0
+
+
+def stream_lines(fd: int, max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[bytes, int]]:
+    """Yield ``(line, kind)`` for each line of a file, holding at most one chunk and one line.
+
+    ``kind`` is :data:`COMPLETE`, :data:`OVERSIZED` (longer than ``max_line``:
+    yielded once, empty, the rest skipped) or :data:`INCOMPLETE` (the last
+    line has no newline yet). Splits whole chunks at once: cheaper per line
+    than searching and re-slicing a buffer line by line.
+    """
+    pos = 0
+    carry = b""
+    skipping = False
+    while chunk := os.pread(fd, _STREAM_CHUNK, pos):
+        pos += len(chunk)
+        parts = (carry + chunk).split(b"\n")
+        carry = parts.pop()
+        if parts and skipping:  # parts[0] ends the oversized line
+            skipping = False
+            yield b"", OVERSIZED
+            parts = parts[1:]
+        for part in parts:
+            if len(part) > max_line:
+                yield b"", OVERSIZED
+            elif part:
+                yield part, COMPLETE
+        if len(carry) > max_line and not skipping:
+            skipping = True
+        if skipping:
+            carry = b""
+    if carry and not skipping:
+        yield carry, INCOMPLETE
+    elif skipping:
+        yield b"", OVERSIZED
