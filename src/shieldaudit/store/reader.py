@@ -195,12 +195,12 @@ def iter_lines(fd: int, start: int = 0, max_line: int = MAX_LINE_BYTES) -> Itera
     """Yield the lines of an open file from ``start``, holding at most ``max_line`` bytes.
 
     A line longer than ``max_line`` is yielded once as ``oversized`` (its first
-    256 bytes only) and the rest of it is skipped.
+    256 bytes only) and the rest of it is skipped. Lines are cut from each
+    chunk by index, so reading costs one copy per line, not one per chunk.
     """
-    offset = start
     lineno = 0
-    buf = b""
-    buf_offset = start
+    buf = b""  # the unfinished line carried over from the previous chunk
+    buf_offset = start  # file offset of buf[0]
     skipping = False
     pos = start
     while True:
@@ -208,27 +208,32 @@ def iter_lines(fd: int, start: int = 0, max_line: int = MAX_LINE_BYTES) -> Itera
         if not chunk:
             break
         pos += len(chunk)
-        buf += chunk
+        data = buf + chunk if buf else chunk
+        cut = 0
         while True:
-            nl = buf.find(b"\n")
+            nl = data.find(b"\n", cut)
             if nl < 0:
                 break
             lineno += 1
             if skipping:
                 skipping = False
+            elif nl - cut > max_line:
+                head = data[cut : cut + 256]
+                yield RawLine(lineno, buf_offset + cut, head, complete=True, oversized=True)
             else:
-                yield RawLine(lineno, buf_offset, buf[:nl], complete=True, oversized=False)
-            buf_offset += nl + 1
-            buf = buf[nl + 1 :]
+                line = data[cut:nl]
+                yield RawLine(lineno, buf_offset + cut, line, complete=True, oversized=False)
+            cut = nl + 1
+        buf_offset += cut
+        buf = data[cut:]
         if len(buf) > max_line and not skipping:
             yield RawLine(lineno + 1, buf_offset, buf[:256], complete=True, oversized=True)
             skipping = True
         if skipping:
             buf_offset += len(buf)
             buf = b""
-    offset = buf_offset
     if buf and not skipping:
-        yield RawLine(lineno + 1, offset, buf, complete=False, oversized=False)
+        yield RawLine(lineno + 1, buf_offset, buf, complete=False, oversized=False)
 
 
 def to_record(segment: Segment, raw: RawLine) -> Record:
