@@ -185,6 +185,28 @@ def test_service_restart_loses_and_duplicates_nothing(podman_env, podman_service
     assert "lost the events stream" in listen.log_text()
 
 
+def test_unreachable_service_one_line_then_recovers(podman_env, podman_service, tmp_path):
+    """Started before Podman, the listener logs one line, retries, and records once it is up."""
+    podman_service.stop()
+    proc = ListenProcess(tmp_path / "root", podman_service.url, podman_env.env, tmp_path / "l.log")
+    proc.start()
+    try:
+        wait_until(lambda: "cannot reach Podman" in proc.log_text(), "the outage is logged")
+        time.sleep(1.5)  # several backoff attempts (0.2 s, 0.4 s, 0.8 s) while it is down
+        podman_service.start()
+        name = unique("lst-late")
+        run_and_remove(podman_env, name)
+        wait_removed(proc.root, name)
+    finally:
+        proc.stop()
+
+    log = proc.log_text()
+    assert log.count("cannot reach Podman") == 1, log
+    assert "No such file or directory" in log
+    assert log.count("connected to") == 1, log
+    assert_exactly_once(proc.root, name)
+
+
 def test_sigkill_and_restart_loses_and_duplicates_nothing(podman_env, listen):
     """After kill -9 the restarted listener replays what it missed, nothing twice."""
     before = [unique("lst-pre") for _ in range(2)]
@@ -202,6 +224,8 @@ def test_sigkill_and_restart_loses_and_duplicates_nothing(podman_env, listen):
     wait_removed(listen.root, *missed, sentinel)
 
     assert_exactly_once(listen.root, *before, *missed, sentinel)
+    for cid in trails(listen.root):
+        assert verify_container(listen.root, cid, chain.NO_KEYS).ok
 
 
 def test_sigterm_exits_zero_with_cursor_saved(podman_env, listen):

@@ -354,7 +354,7 @@ class Listener:
                 self._skip(Skipped("unwritable", str(exc)))
                 log.error("listener: event for %s dropped: %s", mapped.key.container_id, exc)  # noqa: TRY400
                 return False
-            except (StorageError, LockTimeoutError) as exc:
+            except (StorageError, LockTimeoutError, OSError) as exc:
                 self.status.write_errors += 1
                 if attempt == 0:
                     log.error("listener: cannot write an event entry: %s; retrying", exc)  # noqa: TRY400
