@@ -206,6 +206,21 @@ def test_unreachable_service_logs_once_per_outage_and_keeps_retrying(tmp_path, c
     assert listener.status.reconnects == 1  # only the reconnect after the lost stream
 
 
+def test_stream_dropped_at_once_again_and_again_is_reported_once(tmp_path, caplog):
+    """A service that accepts and drops every stream gives one lost line, not one per try."""
+    root = tmp_path / "root"
+    source = FakeSource([FakeStream([]) for _ in range(6)])
+    listener = make_listener(root, source)
+
+    with caplog.at_level("WARNING", logger="shieldaudit.listener"):
+        listener.run()
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("lost the events stream" in m for m in messages) == 1
+    assert len(source.opened_since) == 7
+    assert listener.status.reconnects == 6
+
+
 def test_malformed_and_foreign_events_are_counted_and_skipped(tmp_path):
     """Bad lines never stop the listener; each is counted under its reason."""
     root = tmp_path / "root"

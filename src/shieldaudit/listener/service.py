@@ -41,6 +41,8 @@ log = logging.getLogger("shieldaudit.listener")
 LOCK_FILE: Final = "listener.lock"
 #: Prune the dedup memory after this many writes (cheap; keeps it bounded).
 PRUNE_EVERY: Final = 256
+#: A stream that lasted this long ends an outage: the next loss reconnects at once.
+STABLE_STREAM_S: Final = 5.0
 #: ``--once`` replays up to this many seconds past its start (see _catch_up).
 ONCE_UNTIL_MARGIN_S: Final = 3
 #: How far past the wall clock an event time may move the cursor.
@@ -207,7 +209,7 @@ class Listener:
 
         ``until`` is whole seconds and must be clearly in the future: Podman
         4.3's file events backend returns nothing, or part of the log, when it
-        has already passed by the time the request is served (podman #29579).
+        has already passed by the time the request is served.
         """
         until = self._clock() // 1_000_000_000 + ONCE_UNTIL_MARGIN_S
         stream = self._open(until)  # SourceUnavailable propagates: one attempt
@@ -217,10 +219,13 @@ class Listener:
             if not self.stopping:
                 raise SourceUnavailable(f"events stream broke: {exc}") from exc
 
-    def _loop(self) -> None:
+    def _loop(self) -> None:  # noqa: C901 -- one state machine, easier to follow whole
         attempt = 0
         outage_since: float | None = None
         ever_connected = False
+        # A service that accepts and drops the stream at once must neither be
+        # hammered nor fill the log: back off, and report such a series once.
+        flapping = False
         while not self.stopping:
             try:
                 stream = self._open(None)
@@ -247,7 +252,7 @@ class Listener:
                 )
             ever_connected = True
             outage_since = None
-            attempt = 0
+            connected_at = time.monotonic()
             try:
                 self._consume(stream)
             except SourceLost as exc:
@@ -257,12 +262,21 @@ class Listener:
                 problem = "the service closed the events stream"
             if self._stop.is_set():
                 break
-            outage_since = time.monotonic()
-            log.warning(
-                "listener: lost the events stream from %s: %s; reconnecting",
-                self.source.url,
-                problem,
-            )
+            stable = time.monotonic() - connected_at >= STABLE_STREAM_S
+            if stable:
+                attempt = 0
+                flapping = False
+            if not flapping:
+                outage_since = time.monotonic()
+                log.warning(
+                    "listener: lost the events stream from %s: %s; reconnecting",
+                    self.source.url,
+                    problem,
+                )
+                flapping = not stable
+            if not stable:
+                self._stop.wait(self._backoff.delay(attempt))
+                attempt += 1
 
     def _open(self, until: int | None) -> EventStream:
         stream = self.source.open(self._cursor.replay_since(), until)
