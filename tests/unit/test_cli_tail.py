@@ -147,3 +147,26 @@ def test_follow_loop_emits_batches_and_backs_off():
     )
     assert emitted == [["x"]]
     assert slept == [0.25, 2.0, 0.25]
+
+
+def test_tail_human_lines_label_containers_by_name(tmp_path):
+    """Across containers each line names its container (short ID until a name is known)."""
+    root = tmp_path / "root"
+    write_trail(root, A, ["create"], name="web")
+    write_trail(root, B, ["create"], start_ns=T0 + SECOND)
+    lines = invoke(root, "tail").lines
+    assert lines[0].split()[1] == "web"
+    assert lines[1].split()[1] == B[:12]
+    exact = invoke(root, "tail", "--no-trunc").lines
+    assert exact[0].startswith("2026-11-22T10:00:00.000000Z")
+
+
+def test_follower_picks_up_a_root_created_after_it_started(tmp_path):
+    """Following a root that does not exist yet starts printing once trails appear."""
+    root = tmp_path / "root"
+    with Trails(root) as trails:
+        follower = Follower(trails)
+        assert follower.start(10) == []
+        assert follower.poll() == []
+        write_trail(root, A, ["create", "start"])
+        assert [i.entry["action"] for i in follower.poll()] == ["create", "start"]
