@@ -221,6 +221,20 @@ def test_stream_dropped_at_once_again_and_again_is_reported_once(tmp_path, caplo
     assert listener.status.reconnects == 6
 
 
+def test_dedup_memory_stays_bounded_to_the_replay_window(tmp_path):
+    """600 events one second apart leave only the last few seconds' keys in memory."""
+    root = tmp_path / "root"
+    CursorStore(root).save(Cursor(START), "fake")
+    stream = [line(CID_A, "exec", START + i * S) for i in range(1, 601)]
+    source = FakeSource([FakeStream(stream, then="end")])
+    listener = make_listener(root, source, clock_ns=START + 700 * S)
+
+    listener.run()
+
+    assert listener.status.events_written == 600
+    assert len(listener._seen) < 100
+
+
 def test_malformed_and_foreign_events_are_counted_and_skipped(tmp_path):
     """Bad lines never stop the listener; each is counted under its reason."""
     root = tmp_path / "root"
