@@ -64,7 +64,7 @@ def test_cli_events_are_visible_through_service(podman_env, podman_service):
 
     `--until` is set in the future on purpose: Podman 4.3's file events backend
     stops reading at once when `--until` is already past, returning nothing or
-    only part of the file (podman issue #29579).
+    only part of the file (seen with Podman 4.3.1 and the file events logger).
     """
     name = f"smoke-{uuid.uuid4().hex[:12]}"
     since = datetime.now(UTC) - timedelta(seconds=1)
