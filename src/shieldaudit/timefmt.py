@@ -16,7 +16,15 @@ def format_ns(ns: int) -> str:
     '2026-11-18T11:06:40.123456Z'
     """
     seconds, rest = divmod(ns, _NS_PER_S)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // _NS_PER_US:06d}Z"
+    global _last_prefix  # noqa: PLW0603 -- a one-entry cache: appends come many per second
+    cached = _last_prefix  # read once: another thread may replace it meanwhile
+    if cached[0] != seconds:
+        cached = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds)))
+        _last_prefix = cached
+    return f"{cached[1]}{rest // _NS_PER_US:06d}Z"
+
+
+_last_prefix: tuple[int, str] = (-1, "")
 
 
 def now_ts() -> str:

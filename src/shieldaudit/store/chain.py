@@ -68,6 +68,9 @@ CORE_DEFAULTS: Final[dict[str, object]] = {
     "detail": "",
 }
 _HEX: Final = frozenset("0123456789abcdef")
+# One encoder for every line: json.dumps() with non-default options builds a new
+# encoder per call, which is a noticeable part of an append.
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +179,7 @@ def seal(body: Mapping[str, object], key: Key | None) -> tuple[bytes, str]:
     ``ensure_ascii`` keeps every line pure ASCII, so hostile strings (lone
     surrogates, control characters) can never produce invalid UTF-8 on disk.
     """
-    signed = json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    signed = _ENCODER.encode(body).encode("ascii")
     mac = digest(key, signed)
     line = signed[:-1] + _MAC_PREFIX + mac.encode("ascii") + b'"}\n'
     return line, mac

@@ -225,33 +225,37 @@ class TrailWriter:
             f"the trail of container {container_id[:12]} keeps being removed while writing",
         )
 
-    def _active(self, handle: _Handle, container_id: str) -> int:
-        """Return the active segment's descriptor, reopening it if it was rotated or replaced."""
+    def _active(self, handle: _Handle, container_id: str) -> tuple[int, int]:
+        """Return the active segment's descriptor and size, reopening it if it was replaced.
+
+        One ``stat`` of the name answers both questions: whether another writer
+        rotated (or someone replaced) the file, and how long it is now.
+        """
         if handle.active_fd >= 0:
             try:
                 on_disk = os.stat(layout.ACTIVE, dir_fd=handle.dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 on_disk = None
-            if on_disk is None or on_disk.st_ino != handle.active_ino:
-                os.close(handle.active_fd)
-                handle.active_fd = -1
-        if handle.active_fd < 0:
-            shown = layout.trail_dir(self._root, container_id) / layout.ACTIVE
-            flags = os.O_RDWR | os.O_APPEND
-            try:
-                fd = layout.open_regular(handle.dir_fd, layout.ACTIVE, flags, shown)
-            except FileNotFoundError:
-                fd = layout.open_regular(handle.dir_fd, layout.ACTIVE, flags | os.O_CREAT, shown)
-                layout.fsync_dir(handle.dir_fd)
-            handle.active_fd = fd
-            handle.active_ino = os.fstat(fd).st_ino
-        return handle.active_fd
+            if on_disk is not None and on_disk.st_ino == handle.active_ino:
+                return handle.active_fd, on_disk.st_size
+            os.close(handle.active_fd)
+            handle.active_fd = -1
+        shown = layout.trail_dir(self._root, container_id) / layout.ACTIVE
+        flags = os.O_RDWR | os.O_APPEND
+        try:
+            fd = layout.open_regular(handle.dir_fd, layout.ACTIVE, flags, shown)
+        except FileNotFoundError:
+            fd = layout.open_regular(handle.dir_fd, layout.ACTIVE, flags | os.O_CREAT, shown)
+            layout.fsync_dir(handle.dir_fd)
+        handle.active_fd = fd
+        st = os.fstat(fd)
+        handle.active_ino = st.st_ino
+        return fd, st.st_size
 
     def _append_locked(
         self, handle: _Handle, container_id: str, fields: Mapping[str, object]
     ) -> Written:
-        fd = self._active(handle, container_id)
-        size = os.fstat(fd).st_size
+        fd, size = self._active(handle, container_id)
         torn = 0
         head = handle.head
         if head is not None and head.ino == handle.active_ino and head.size == size:
