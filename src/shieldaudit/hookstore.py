@@ -40,6 +40,11 @@ if TYPE_CHECKING:
 # Mirrors of store.layout / store.chain / store.writer constants;
 # tests/unit/test_hook_store.py pins that they stay equal.
 LOCK_TIMEOUT_S = 2.0
+#: The hook's failure log and its one previous generation (see record_error).
+HOOK_ERRORS = "hook-errors.jsonl"
+HOOK_ERRORS_OLD = "hook-errors.1.jsonl"
+HOOK_ERRORS_MAX_BYTES = 1024 * 1024
+ERRORS_LOCK_TIMEOUT_S = 0.2
 MAX_ENTRY_BYTES = 256 * 1024
 MAX_KEY_FILE_BYTES = 64 * 1024
 MIN_KEY_BYTES = 16
@@ -299,6 +304,39 @@ def _write(fd: int, line: bytes, size: int, sync: bool, container_id: str) -> No
             raise StorageError(f"cannot write {shown}: {exc.strerror or exc}") from None
 
 
+def _rotate_errors(state_fd: int, out: int) -> int:
+    """Move a full error log to ``hook-errors.1.jsonl`` (replacing it); return the new log's fd.
+
+    Under an exclusive ``flock`` of the full file, so of several failing hooks
+    exactly one rotates and the others reopen the new file. If the lock is busy
+    past a short bound, the line simply goes into the full file.
+    """
+    deadline = time.monotonic() + ERRORS_LOCK_TIMEOUT_S
+    while True:
+        try:
+            fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return out
+            time.sleep(0.002)
+    try:
+        mine = os.fstat(out)
+        try:
+            named = os.stat(HOOK_ERRORS, dir_fd=state_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            named = None
+        if named is not None and named.st_ino == mine.st_ino:
+            if mine.st_size < HOOK_ERRORS_MAX_BYTES:
+                return out  # another hook rotated and this is already the new file
+            os.rename(HOOK_ERRORS, HOOK_ERRORS_OLD, src_dir_fd=state_fd, dst_dir_fd=state_fd)
+    except BaseException:
+        os.close(out)
+        raise
+    os.close(out)  # releases the lock; the full file is now HOOK_ERRORS_OLD
+    return _regular(state_fd, HOOK_ERRORS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+
 def record_error(
     root: str,
     stage: str,
@@ -312,7 +350,9 @@ def record_error(
 
     The sidecar counts these lines as ``shieldaudit_hook_errors_total``. A root
     that is not a safe directory (group/world-writable, a file) is not written:
-    anything there could have been swapped by another user.
+    anything there could have been swapped by another user. The log is kept
+    bounded: at :data:`HOOK_ERRORS_MAX_BYTES` it becomes ``hook-errors.1.jsonl``
+    (replacing the previous one), which the sidecar drains before the new file.
     """
     try:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -337,7 +377,9 @@ def record_error(
         )
         state_fd = _subdir(fd, "state")
         try:
-            out = _regular(state_fd, "hook-errors.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            out = _regular(state_fd, HOOK_ERRORS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            if os.fstat(out).st_size >= HOOK_ERRORS_MAX_BYTES:
+                out = _rotate_errors(state_fd, out)
         finally:
             os.close(state_fd)
         try:
