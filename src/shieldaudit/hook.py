@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 
 MAX_STATE_BYTES = 1024 * 1024
 MAX_CONFIG_BYTES = 1024 * 1024
-MAX_STORAGE_BYTES = 4 * 1024 * 1024
+MAX_STORAGE_BYTES = 16 * 1024 * 1024
+#: How much of containers.json one record may span when decoded on its own.
+RECORD_WINDOW_BYTES = 256 * 1024
 MAX_ERROR_CHARS = 1000
 USAGE = "usage: shieldaudit-hook STAGE [--fail-closed] < state.json  (or: --check)"
 
@@ -101,12 +103,37 @@ def gather(state: ocistate.OciState) -> tuple[ocistate.ContainerInfo, ocistate.C
     if meta_path is not None:
         data = read_file(meta_path, MAX_STORAGE_BYTES)
         if data is not None:
-            try:
-                containers = leanjson.loads(data.decode("utf-8"))
-            except ValueError:
-                containers = None
-            storage = ocistate.storage_info(containers, state.container_id)
+            storage = storage_record(data, state.container_id)
     return bundle, storage
+
+
+def storage_record(data: bytes, container_id: str) -> ocistate.ContainerInfo:
+    """Find one container in ``containers.json`` without parsing the whole list.
+
+    The file lists every container on the host, so parsing it all would make
+    each hook's cost grow with the host's container count. containers/storage
+    writes ``id`` as each record's first key: find that, decode the one record
+    that starts at the brace before it, and check it. Anything unexpected falls
+    back to parsing the whole file.
+    """
+    key = b'"id":"' + container_id.encode("ascii") + b'"'
+    at = data.find(key)
+    if at < 0:
+        return ocistate.ContainerInfo()  # not listed: nothing to learn
+    start = data.rfind(b"{", 0, at)
+    if start >= 0 and not data[start + 1 : at].strip():
+        window = data[start : start + RECORD_WINDOW_BYTES].decode("utf-8", "replace")
+        try:
+            record = leanjson.decode_at(window, 0)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and record.get("id") == container_id:
+            return ocistate.storage_info([record], container_id)
+    try:
+        containers = leanjson.loads(data.decode("utf-8"))
+    except ValueError:
+        return ocistate.ContainerInfo()
+    return ocistate.storage_info(containers, container_id)
 
 
 def is_repeat(stage: str) -> Callable[[Mapping[str, object]], bool] | None:

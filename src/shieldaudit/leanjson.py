@@ -69,6 +69,20 @@ def loads(text: str) -> object:
     return value
 
 
+def decode_at(text: str, start: int) -> object:
+    """Parse the one JSON value that starts at ``text[start]``, ignoring what follows it.
+
+    Raises ValueError when no complete value starts there.
+    """
+    try:
+        value, _end = _scan(text, start)
+    except StopIteration as exc:
+        raise ValueError(f"expecting a JSON value at character {exc.value}") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    return value
+
+
 def dumps(value: object) -> str:
     """Serialise compactly and ASCII-only, exactly like the chain's ``json.dumps`` call.
 
