@@ -112,15 +112,13 @@ def storage_record(data: bytes, container_id: str) -> ocistate.ContainerInfo:
 
     The file lists every container on the host, so parsing it all would make
     each hook's cost grow with the host's container count. containers/storage
-    writes ``id`` as each record's first key: find that, decode the one record
+    writes ``id`` as each record's first key, compactly: find that, decode the record
     that starts at the brace before it, and check it. Anything unexpected falls
     back to parsing the whole file.
     """
     key = b'"id":"' + container_id.encode("ascii") + b'"'
     at = data.find(key)
-    if at < 0:
-        return ocistate.ContainerInfo()  # not listed: nothing to learn
-    start = data.rfind(b"{", 0, at)
+    start = data.rfind(b"{", 0, at) if at >= 0 else -1
     if start >= 0 and not data[start + 1 : at].strip():
         window = data[start : start + RECORD_WINDOW_BYTES].decode("utf-8", "replace")
         try:
