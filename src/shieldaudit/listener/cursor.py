@@ -24,7 +24,7 @@ from shieldaudit.errors import ContainerNotFoundError, StorageError
 from shieldaudit.listener.events import EVENT_TIME_KEY, SOURCE, EventKey
 from shieldaudit.store import chain, layout
 from shieldaudit.store.reader import TrailDir
-from shieldaudit.store.writer import reverse_lines
+from shieldaudit.store.tailscan import reverse_lines
 
 if TYPE_CHECKING:
     from pathlib import Path

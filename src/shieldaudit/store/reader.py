@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Final, Self
 
 from shieldaudit.errors import ContainerNotFoundError, StorageError
 from shieldaudit.store import chain, layout
-from shieldaudit.store.writer import reverse_lines
+from shieldaudit.store.tailscan import complete_end, reverse_lines
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -161,10 +161,7 @@ class TrailDir:
             except FileNotFoundError:
                 continue
             try:
-                size = os.fstat(fd).st_size
-                end = size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    end = _last_newline_end(fd, size)
+                end = complete_end(fd, os.fstat(fd).st_size)
                 for data in reverse_lines(fd, end):
                     try:
                         found.append(chain.parse_line(data))
@@ -178,17 +175,6 @@ class TrailDir:
                 break
         found.reverse()
         return found
-
-
-def _last_newline_end(fd: int, size: int) -> int:
-    pos = size
-    while pos > 0:
-        step = min(_CHUNK, pos)
-        pos -= step
-        nl = os.pread(fd, step, pos).rfind(b"\n")
-        if nl >= 0:
-            return pos + nl + 1
-    return 0
 
 
 def iter_lines(fd: int, start: int = 0, max_line: int = MAX_LINE_BYTES) -> Iterator[RawLine]:

@@ -15,21 +15,20 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Final, Self
 
 from shieldaudit.errors import StorageError
-from shieldaudit.store import chain, layout
+from shieldaudit.store import chain, layout, tailscan
 from shieldaudit.timefmt import format_ns
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Mapping
+    from pathlib import Path
 
     from shieldaudit.settings import StoreSettings
 
 #: Largest entry a writer accepts; readers refuse lines over 1 MiB.
 MAX_ENTRY_BYTES: Final = 256 * 1024
-_TAIL_CHUNK: Final = 64 * 1024
 _NL: Final = b"\n"
 
 
@@ -53,34 +52,6 @@ class _Head:
     size: int
     seq: int
     mac: str
-
-
-def reverse_lines(fd: int, end: int) -> Iterator[bytes]:
-    """Yield the lines of ``fd[:end]`` last first, without newlines; ``end`` follows a newline.
-
-    Reads backwards in chunks, so finding the last entry costs one small read.
-    """
-    pos = end
-    carry = b""
-    while pos > 0:
-        step = min(_TAIL_CHUNK, pos)
-        pos -= step
-        parts = (os.pread(fd, step, pos) + carry).split(_NL)
-        carry = parts[0]  # may continue before ``pos``: completed by the next chunk
-        for part in reversed(parts[1:]):
-            if part:
-                yield part
-    if carry:
-        yield carry
-
-
-def _head_in(fd: int, size: int) -> tuple[int, str] | None:
-    """Find ``(seq, mac)`` of the last valid entry in ``fd[:size]``."""
-    for line in reverse_lines(fd, size):
-        head = chain.head_of((line,))
-        if head is not None:
-            return head
-    return None
 
 
 @dataclass(slots=True)
@@ -263,7 +234,7 @@ class TrailWriter:
         else:
             if size and os.pread(fd, 1, size - 1) != _NL:
                 torn, size = self._set_aside_torn_tail(fd, size, container_id)
-            seq, prev = self._find_head(handle.dir_fd, fd, size)
+            seq, prev = tailscan.find_head(handle.dir_fd, fd, size)
         body = dict(fields)
         body["seq"] = seq + 1
         body.setdefault("ts", format_ns(self._clock()))
@@ -319,15 +290,7 @@ class TrailWriter:
         ``state/torn/`` for inspection, cut from the segment, and the next entry
         records how many bytes were set aside (``torn_tail_bytes``).
         """
-        lines_start = size
-        while lines_start > 0:
-            step = min(_TAIL_CHUNK, lines_start)
-            chunk = os.pread(fd, step, lines_start - step)
-            nl = chunk.rfind(_NL)
-            if nl >= 0:
-                lines_start = lines_start - step + nl + 1
-                break
-            lines_start -= step
+        lines_start = tailscan.complete_end(fd, size)
         fragment = os.pread(fd, size - lines_start, lines_start)
         self._save_fragment(container_id, fragment)
         os.ftruncate(fd, lines_start)
@@ -361,26 +324,6 @@ class TrailWriter:
                 os.close(out)
         finally:
             os.close(torn_fd)
-
-    def _find_head(self, dir_fd: int, fd: int, size: int) -> tuple[int, str]:
-        """Return ``(seq, mac)`` of the last entry: active segment, else the newest sealed one."""
-        if size:
-            head = _head_in(fd, size)
-            if head is not None:
-                return head
-        for number in reversed(layout.list_segment_numbers(dir_fd)):
-            name = layout.segment_name(number)
-            sfd = layout.open_regular(dir_fd, name, os.O_RDONLY, Path(name))
-            try:
-                ssize = os.fstat(sfd).st_size
-                if ssize and os.pread(sfd, 1, ssize - 1) != _NL:
-                    ssize = os.pread(sfd, ssize, 0).rfind(_NL) + 1
-                head = _head_in(sfd, ssize) if ssize else None
-            finally:
-                os.close(sfd)
-            if head is not None:
-                return head
-        return 0, chain.GENESIS
 
     def _rotate(self, handle: _Handle, container_id: str) -> str:
         """Seal the active segment under the next number, start a new one, apply retention."""

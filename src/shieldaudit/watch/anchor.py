@@ -14,7 +14,7 @@ from typing import Final
 
 from shieldaudit.errors import ShieldAuditError
 from shieldaudit.store import chain, layout
-from shieldaudit.store.writer import reverse_lines
+from shieldaudit.store.tailscan import reverse_lines
 from shieldaudit.watch.checkpoint import Mark
 
 CHUNK: Final = 1024 * 1024
