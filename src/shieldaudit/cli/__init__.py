@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(run(argv))
 
 
-def run(  # noqa: PLR0911 -- one return per outcome, in the one place errors are shown
+def run(  # noqa: C901, PLR0911 -- one branch per outcome, in the one place errors are shown
     argv: Sequence[str] | None = None,
     **extra: Any,  # noqa: ANN401 -- passed through to click's main()
 ) -> int:
@@ -101,8 +101,11 @@ def run(  # noqa: PLR0911 -- one return per outcome, in the one place errors are
         except click.ClickException as exc:
             exc.show()
             return exc.exit_code
-        except click.exceptions.Abort:
-            click.echo("Aborted.", err=True)
+        except click.exceptions.Abort as exc:
+            # click turns Ctrl-C into Abort (after a newline): exit quietly, as
+            # Ctrl-C should; an Abort from a declined prompt says so.
+            if not isinstance(exc.__cause__, KeyboardInterrupt):
+                click.echo("Aborted.", err=True)
             return 130
         except ShieldAuditError as exc:
             click.echo(f"Error: {exc.message}", err=True)
