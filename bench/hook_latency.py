@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import percentile
 from shieldaudit import hooksd
 from shieldaudit.settings import StoreSettings
 
@@ -141,7 +142,7 @@ def main() -> None:
     for name, values in times.items():
         values.sort()
         median = statistics.median(values)
-        p90 = values[int(len(values) * 0.9) - 1]
+        p90 = percentile(values, 0.9)
         print(f"| {name} | {median * 1000:.2f} | {p90 * 1000:.2f} | {median / baseline:.2f}x |")
     ratio = statistics.median(times["hook, installed command (-I -S _hookmain.py)"]) / baseline
     print()

@@ -37,24 +37,13 @@ import threading
 import time
 from pathlib import Path
 
+from common import percentile, podman_env, teardown
 from shieldaudit.watch.inotify import IN_CLOSE_WRITE, IN_CREATE, IN_MODIFY, Inotify
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/shieldaudit-test:latest"
 TARGET_MS = 100.0
 SHIELDAUDIT = (sys.executable, "-c", "from shieldaudit.cli import main; main()")
-
-
-def podman_env(tmp: Path) -> dict[str, str]:
-    for name in ("containers.conf", "storage.conf"):
-        text = (REPO / "tests" / f"{name}.in").read_text()
-        (tmp / name).write_text(text.replace("@TMP@", str(tmp)).replace("@DRIVER@", "overlay"))
-    (tmp / "hooks.d").mkdir()
-    return {
-        **os.environ,
-        "CONTAINERS_CONF": str(tmp / "containers.conf"),
-        "CONTAINERS_STORAGE_CONF": str(tmp / "storage.conf"),
-    }
 
 
 def rfc3339_ns(text: str) -> int:
@@ -188,24 +177,6 @@ def start_service(env: dict[str, str], sock: Path, log: Path) -> subprocess.Pope
         finally:
             probe.close()
     sys.exit("podman system service did not start")
-
-
-def teardown(env: dict[str, str], tmp: Path) -> None:
-    subprocess.run(["podman", "rm", "--all", "--force"], env=env, capture_output=True, check=False)
-    subprocess.run(["podman", "rmi", "--all", "--force"], env=env, capture_output=True, check=False)
-    prefix = f"{tmp}/"
-    mounts = [
-        line.split()[4]
-        for line in Path("/proc/self/mountinfo").read_text().splitlines()
-        if line.split()[4].startswith(prefix)
-    ]
-    for mount in sorted(mounts, key=len, reverse=True):
-        subprocess.run(["umount", "--lazy", mount], capture_output=True, check=False)
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def main() -> None:

@@ -29,22 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import percentile, podman_env, teardown
+
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/shieldaudit-test:latest"
 TARGET = 1.15
 STAGES = ("createRuntime", "poststart", "poststop")
-
-
-def podman_env(tmp: Path) -> dict[str, str]:
-    for name in ("containers.conf", "storage.conf"):
-        text = (REPO / "tests" / f"{name}.in").read_text()
-        (tmp / name).write_text(text.replace("@TMP@", str(tmp)).replace("@DRIVER@", "overlay"))
-    (tmp / "hooks.d").mkdir()
-    return {
-        **os.environ,
-        "CONTAINERS_CONF": str(tmp / "containers.conf"),
-        "CONTAINERS_STORAGE_CONF": str(tmp / "storage.conf"),
-    }
 
 
 def fixed_hooks(directory: Path, argv: list[str]) -> None:
@@ -68,19 +58,6 @@ def timed_run(env: dict[str, str], hooks_dir: Path) -> float:
     if result.returncode != 0:
         sys.exit(f"podman run failed: {result.stderr.decode(errors='replace')}")
     return elapsed
-
-
-def teardown(env: dict[str, str], tmp: Path) -> None:
-    subprocess.run(["podman", "rm", "--all", "--force"], env=env, capture_output=True, check=False)
-    subprocess.run(["podman", "rmi", "--all", "--force"], env=env, capture_output=True, check=False)
-    prefix = f"{tmp}/"
-    mounts = [
-        line.split()[4]
-        for line in Path("/proc/self/mountinfo").read_text().splitlines()
-        if line.split()[4].startswith(prefix)
-    ]
-    for mount in sorted(mounts, key=len, reverse=True):
-        subprocess.run(["umount", "--lazy", mount], capture_output=True, check=False)
 
 
 def main() -> None:
@@ -144,7 +121,7 @@ def main() -> None:
     for name, values in times.items():
         values.sort()
         median = statistics.median(values)
-        p90 = values[int(len(values) * 0.9) - 1]
+        p90 = percentile(values, 0.9)
         print(
             f"| {name} | {median * 1000:.0f} | {p90 * 1000:.0f} | {median / baseline:.3f}x "
             f"| {(median - baseline) * 1000:+.0f} |"
