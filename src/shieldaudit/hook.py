@@ -280,3 +280,7 @@ def fail(
 def main() -> None:
     """Entry point of the ``shieldaudit-hook`` script and of ``_hookmain``."""
     sys.exit(run(sys.argv[1:], os.environ))
+
+
+if __name__ == "__main__":
+    main()
