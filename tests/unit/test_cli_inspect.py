@@ -263,6 +263,36 @@ def test_verify_ok_then_tampered_exits_1_with_problem_lines(root):
     assert {r["container_id"]: r["ok"] for r in rows} == {WEB_OLD: False, WEB_NEW: True, DB: True}
 
 
+def test_verify_caps_problem_lines_per_trail_and_counts_the_rest(root):
+    """A trail of 1,000 garbage lines prints its first 20 problems, one 'and K more' line, a count.
+
+    The other trails' lines and the summary stay visible; the exit status and
+    the summary's total are unchanged; --json keeps the first 20 and the count.
+    """
+    path = root / "containers" / DB / "audit.jsonl"
+    with path.open("ab") as handle:
+        handle.write(b"not an entry\n" * 1000)
+    other = root / "containers" / WEB_OLD / "audit.jsonl"
+    other.write_bytes(other.read_bytes().replace(b'"action":"died"', b'"action":"oops"'))
+    result = invoke(root, "verify")
+    assert result.code == 1
+    db_lines = [line for line in result.lines if line.startswith(DB[:12])]
+    assert len(db_lines) == 21
+    assert db_lines[0] == (
+        f"{DB[:12]} audit.jsonl seq ?: line 3 (after seq 2): not JSON (Expecting value at column 1)"
+    )
+    assert db_lines[-1] == f"{DB[:12]} … and 980 more problems in this trail"
+    assert any(line.startswith(f"{WEB_OLD[:12]} audit.jsonl seq 4: entry") for line in result.lines)
+    assert result.lines[-1] == (
+        "FAILED: 3 container(s), 10 entries, 1001 problem(s) in 2 container(s)"
+    )
+    rows = {r["container_id"]: r for r in map(json.loads, invoke(root, "verify", "--json").lines)}
+    assert len(rows[DB]["problems"]) == 20
+    assert rows[DB]["problem_count"] == 1000
+    assert rows[WEB_OLD]["problem_count"] == 1
+    assert rows[WEB_NEW]["problem_count"] == 0
+
+
 def test_verify_unknown_container_exits_2(root):
     """`verify NAME` that matches nothing is a usage error (exit 2)."""
     result = invoke(root, "verify", "ghost")

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from shieldaudit.store import chain
-from shieldaudit.store.verify import verify_container
+from shieldaudit.store.verify import MAX_MESSAGE_CHARS, MAX_PROBLEMS, verify_container
 from store_helpers import CID_A, trail, write
 
 
@@ -239,3 +239,26 @@ def test_non_utf8_and_huge_lines_are_reported_not_fatal(tmp_path):
     assert any("longer than" in t for t in texts)
     assert report.entries == 3
     assert report.last_seq == 3
+
+
+def test_report_keeps_the_first_problems_counts_all_and_cuts_hostile_messages(tmp_path):
+    """A million-problem trail must not mean a million kept problems, nor huge messages.
+
+    50 lines with a 10 KiB unknown chain algorithm each: 20 problems kept,
+    every one counted, each message cut to a few hundred characters.
+    """
+    root = tmp_path / "root"
+    write(root, CID_A, 1)
+    active = trail(root, CID_A) / "audit.jsonl"
+    first = active.read_bytes()
+    hostile = first.replace(b'"chain":"sha256"', b'"chain":"' + b"z" * 10240 + b'"').rstrip(b"\n")
+    with active.open("ab") as handle:
+        for seq in range(2, 52):
+            handle.write(hostile.replace(b'"seq":1,', f'"seq":{seq},'.encode()) + b"\n")
+    report = verify_container(root, CID_A)
+    assert not report.ok
+    assert len(report.problems) == MAX_PROBLEMS
+    assert report.problem_count > MAX_PROBLEMS
+    assert report.more_problems == report.problem_count - MAX_PROBLEMS
+    assert all(len(p.message) <= MAX_MESSAGE_CHARS for p in report.problems)
+    assert any("unknown chain algorithm" in p.message for p in report.problems)

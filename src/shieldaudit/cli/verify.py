@@ -12,7 +12,7 @@ from shieldaudit.cli.output import quiet
 from shieldaudit.cli.resolve import resolve_container
 from shieldaudit.cli.trails import Trails
 from shieldaudit.errors import EXIT_FAILURE, ContainerNotFoundError, ShieldAuditError
-from shieldaudit.store.verify import Problem, Report, verify_container
+from shieldaudit.store.verify import Report, verify_container
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 def verify_command(ctx: click.Context, *, container: str | None, as_json: bool) -> None:
     """Verify the hash chain of every trail (or of CONTAINER).
 
-    Prints one line per problem (container, segment, seq, what is wrong) and a
-    summary; exits 1 if any chain does not hold. CONTAINER is a name (the most
+    Prints one line per problem (container, segment, seq, what is wrong; the
+    first 20 per container, then how many more) and a summary; exits 1 if any
+    chain does not hold. CONTAINER is a name (the most
     recent container to bear it) or a unique ID prefix. Notes (history
     shortened by retention, a torn final line) go to stderr.
     """
@@ -55,12 +56,14 @@ def verify_command(ctx: click.Context, *, container: str | None, as_json: bool) 
             continue
         for problem in report.problems:
             click.echo(problem.render())
+        if report.more_problems:
+            click.echo(more_line(report))
         for note in report.notes:
             click.echo(f"{container_id[:12]} note: {note}", err=True)
     failed = [r for r in reports if not r.ok]
     if not as_json:
         entries = sum(r.entries for r in reports)
-        problems = sum(len(r.problems) for r in reports)
+        problems = sum(r.problem_count for r in reports)
         verdict = "FAILED" if failed else "OK"
         click.echo(
             f"{verdict}: {len(reports)} container(s), {entries} entries, "
@@ -85,8 +88,15 @@ def _verify_one(
             raise
         # An unsafe or unreadable trail is a problem of that trail, not the end of the run.
         report = Report(container_id)
-        report.problems.append(Problem(container_id, "-", None, exc.message))
+        report.add("-", None, exc.message)
         return report
+
+
+def more_line(report: Report) -> str:
+    """Return the line that stands for the problems not printed (pure)."""
+    more = report.more_problems
+    noun = "problem" if more == 1 else "problems"
+    return f"{report.container_id[:12]} … and {more} more {noun} in this trail"
 
 
 def _as_dict(report: Report) -> dict[str, object]:
@@ -101,5 +111,6 @@ def _as_dict(report: Report) -> dict[str, object]:
         "problems": [
             {"segment": p.segment, "seq": p.seq, "message": p.message} for p in report.problems
         ],
+        "problem_count": report.problem_count,
         "notes": report.notes,
     }

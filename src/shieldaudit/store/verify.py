@@ -6,6 +6,11 @@ container; its ``mac`` matches its content (keyed or not, per ``chain``); its
 entry's ``mac``. Across segments: sealed segment numbers are contiguous and the
 chain continues. After a problem, checking resynchronises on the entry found,
 so one edit produces one or two lines, not a cascade.
+
+Memory stays bounded whatever the files hold: lines are streamed (an
+over-limit line is reported from its first bytes, never loaded), a report
+keeps only its first :data:`MAX_PROBLEMS` problems and counts the rest, and
+text taken from a hostile line is cut before it goes into a message.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from shieldaudit.errors import LockTimeoutError
 from shieldaudit.store import chain, layout
@@ -21,6 +26,13 @@ from shieldaudit.store.reader import Record, Segment, TrailDir
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+#: Problems kept (and printed) per container; the rest are only counted.
+MAX_PROBLEMS: Final = 20
+#: Longest problem message kept; longer ones (quoting a hostile value) are cut.
+MAX_MESSAGE_CHARS: Final = 300
+#: Distinct report-once messages remembered; past that, repeats are counted again.
+_MAX_ONCE: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +60,32 @@ class Report:
     last_seq: int | None = None
     segments: int = 0
     keyed: bool = False
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # the first MAX_PROBLEMS
+    problem_count: int = 0  # every problem found, kept or not
     notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """Return whether every check passed."""
-        return not self.problems
+        return self.problem_count == 0
+
+    @property
+    def more_problems(self) -> int:
+        """Return how many problems were counted beyond those kept."""
+        return self.problem_count - len(self.problems)
+
+    def add(self, segment: str, seq: int | None, message: str) -> None:
+        """Count a problem; keep it only while fewer than :data:`MAX_PROBLEMS` are kept."""
+        self.problem_count += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(Problem(self.container_id, segment, seq, _cut(message)))
+
+
+def _cut(message: str) -> str:
+    """Return ``message`` cut to :data:`MAX_MESSAGE_CHARS` characters."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 @dataclass(slots=True)
@@ -70,11 +101,13 @@ class _State:
     def problem(
         self, segment: Segment, seq: int | None, message: str, *, once: bool = False
     ) -> None:
+        message = _cut(message)
         if once:
             if message in self.reported:
                 return
-            self.reported.add(message)
-        self.report.problems.append(Problem(self.report.container_id, segment.name, seq, message))
+            if len(self.reported) < _MAX_ONCE:
+                self.reported.add(message)
+        self.report.add(segment.name, seq, message)
 
 
 def verify_container(
