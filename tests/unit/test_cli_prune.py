@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -16,11 +17,15 @@ from shieldaudit.summary import State, Summary
 ENDED_OLD, RUNNING_OLD, REMOVED_OLD = cid("a"), cid("b"), cid("c")
 
 
-def _age_files(root, container_id, seconds=3600):
-    """Backdate a trail's files so the 'written just now' guard does not apply."""
-    for path in (root / "containers" / container_id).iterdir():
-        st = path.stat()
-        os.utime(path, (st.st_atime - seconds, st.st_mtime - seconds))
+def _age_files(root, container_id, mtime=T0 // SECOND):
+    """Date a trail's files and directory back to when its entries say they were written.
+
+    Prune counts the later of the recorded time and the modification time, so
+    a trail written by a test just now is not old until its mtimes say so too.
+    """
+    directory = root / "containers" / container_id
+    for path in [*directory.iterdir(), directory]:
+        os.utime(path, (mtime, mtime))
 
 
 @pytest.fixture
@@ -70,6 +75,26 @@ def test_prune_keeps_trails_newer_than_age(root):
     assert len(list((root / "containers").iterdir())) == 3
 
 
+def test_prune_counts_a_fresh_modification_time_as_activity(root):
+    """Entries stamped long ago (a clock set back) in a trail modified a minute ago: kept.
+
+    The trail says it ended on 2026-11-22, but its file changed a minute ago,
+    past the settle time: prune --older-than 1d keeps it and lists nothing;
+    once its mtime is two days old too, it goes, shown as last active 2 days ago.
+    """
+    recent = time.time() - 60
+    _age_files(root, ENDED_OLD, mtime=recent)
+    kept = invoke(root, "prune", "--older-than", "1d", "--dry-run")
+    assert [line.split()[2] for line in kept.lines[:-1]] == [REMOVED_OLD[:12]]
+    assert invoke(root, "prune", "--older-than", "1d").lines[-1] == "Removed 1 trail(s); kept 2."
+    assert (root / "containers" / ENDED_OLD).exists()
+    _age_files(root, ENDED_OLD, mtime=recent - 2 * 86400)
+    gone = invoke(root, "prune", "--older-than", "1d")
+    assert gone.lines[0].startswith(f"removed {ENDED_OLD[:12]} done (exited, 3 entries, ")
+    assert gone.lines[0].endswith("last active 2 days ago)")
+    assert not (root / "containers" / ENDED_OLD).exists()
+
+
 def test_prune_json_lines(root):
     """--json prints one object per removed trail."""
     result = invoke(root, "prune", "--older-than", "1d", "--json")
@@ -117,6 +142,26 @@ def test_prune_waits_for_the_lock_and_reports_a_busy_trail(root):
     assert errors[0].startswith(f"{ENDED_OLD[:12]}: kept: timed out")
     assert (root / "containers" / ENDED_OLD).exists()
     assert {o.summary.container_id for o in outcomes if o.removed} == {REMOVED_OLD}
+
+
+@pytest.mark.parametrize(
+    ("modified", "kept"),
+    [
+        ("", False),
+        ("2026-01-01T00:00:00.000000Z", False),
+        ("2026-02-28T23:59:59.999999Z", False),
+        ("2026-03-01T00:00:00.000000Z", True),
+        ("2026-11-01T00:00:00.000000Z", True),
+    ],
+)
+def test_keep_reason_counts_the_later_of_entry_time_and_modification_time(modified, kept):
+    """An old last entry in a trail modified at or after the cutoff is kept (clock set back)."""
+    reason = keep_reason(
+        _summary(State.EXITED), "2026-03-01T00:00:00.000000Z", settling=False, modified=modified
+    )
+    assert (reason is not None) is kept
+    if kept:
+        assert reason == "modified too recently"
 
 
 def _summary(state, last_ts="2026-01-01T00:00:00.000000Z"):

@@ -1,10 +1,14 @@
 """``shieldaudit prune --older-than AGE``: remove whole trails of containers that are gone.
 
 A trail is removed only when all of these hold (:func:`keep_reason` decides):
-its lifecycle ended (the trail says ``exited`` or ``removed``), its last entry
-is older than AGE, and its active segment was not modified in the last
-:data:`SETTLE_S` seconds. A trail directory without any segment file (left by
-an interrupted prune) goes once it is that quiet. The decision is taken again under the container's
+its lifecycle ended (the trail says ``exited`` or ``removed``), its last
+activity is older than AGE, and it was not modified in the last
+:data:`SETTLE_S` seconds. The last activity is the later of the last entry's
+recorded time and the trail's modification time (its ``audit.jsonl`` or its
+directory, whichever changed last): a recorded time from a clock that was
+wrong, or set back since, cannot make a trail written moments ago look old.
+A trail directory without any segment file (left by an interrupted prune)
+goes once it is that quiet. The decision is taken again under the container's
 lock, which is held while the files are deleted, so no writer appends to a
 trail being removed. Files are unlinked relative to the trail's directory
 descriptor (``unlink`` never follows a symlink); then the directory, its lock
@@ -31,6 +35,7 @@ from shieldaudit.cli.trails import Trails
 from shieldaudit.errors import EXIT_FAILURE, LockTimeoutError, ShieldAuditError, StorageError
 from shieldaudit.store import layout
 from shieldaudit.summary import ENDED
+from shieldaudit.timefmt import format_ns
 
 if TYPE_CHECKING:
     from shieldaudit.summary import Summary
@@ -39,21 +44,34 @@ if TYPE_CHECKING:
 SETTLE_S: Final = 10.0
 
 
-def keep_reason(summary: Summary, cutoff: str, *, settling: bool) -> str | None:
+def last_activity(summary: Summary, modified: str) -> str:
+    """Return the later of the last entry's time and the trail's modification time (pure).
+
+    Both are entry-format timestamps (one fixed format, so they compare as
+    strings); an empty one is unknown.
+    """
+    return max(summary.last_ts, modified)
+
+
+def keep_reason(summary: Summary, cutoff: str, *, settling: bool, modified: str = "") -> str | None:
     """Return why a trail must be kept, or None when it may be removed (pure).
 
     Args:
         summary: what the trail's head and tail say.
-        cutoff: entry-format timestamp; entries at or after it are too recent.
-        settling: the active segment was modified within :data:`SETTLE_S`.
+        cutoff: entry-format timestamp; activity at or after it is too recent.
+        settling: the trail was modified within :data:`SETTLE_S`.
+        modified: the trail's modification time as an entry-format timestamp
+            ("" when unknown); it counts as activity, like the last entry.
     """
     if summary.segments == 0:
         # Left by a prune or a writer that crashed half-way: no history to keep.
         return "written to just now" if settling else None
     if summary.state not in ENDED:
         return f"lifecycle not ended ({summary.state})"
-    if not summary.last_ts or summary.last_ts >= cutoff:
+    if not summary.last_ts:
         return "last entry too recent"
+    if last_activity(summary, modified) >= cutoff:
+        return "last entry too recent" if summary.last_ts >= cutoff else "modified too recently"
     if settling:
         return "written to just now"
     return None
@@ -66,17 +84,34 @@ class Outcome:
     summary: Summary
     removed: bool
     reason: str  # why kept, or what was removed
+    modified: str = ""  # the trail's modification time, entry format ("" unknown)
 
 
-def _settling(trails: Trails, container_id: str, now: float) -> bool:
-    """Return whether the active segment (or, without one, the directory) changed just now."""
+def _modified_ns(trails: Trails, container_id: str) -> int | None:
+    """Return when the trail last changed: its active segment's or its directory's mtime.
+
+    Whichever is later: appends change ``audit.jsonl``; rotation, retention
+    and a recreated ``audit.jsonl`` change the directory. None when neither
+    can be seen (the trail vanished meanwhile).
+    """
+    latest: int | None = None
     for name in (f"{container_id}/{layout.ACTIVE}", container_id):
         try:
             st = os.stat(name, dir_fd=trails.fd, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             continue
-        return now - st.st_mtime < SETTLE_S
-    return False
+        latest = st.st_mtime_ns if latest is None else max(latest, st.st_mtime_ns)
+    return latest
+
+
+def _decide(trails: Trails, summary: Summary, cutoff: str, now: float) -> tuple[str | None, str]:
+    """Return :func:`keep_reason` for one trail and the modification time it used."""
+    modified_ns = _modified_ns(trails, summary.container_id)
+    if modified_ns is None:
+        return keep_reason(summary, cutoff, settling=False), ""
+    modified = format_ns(modified_ns)
+    settling = now - modified_ns / 1e9 < SETTLE_S
+    return keep_reason(summary, cutoff, settling=settling, modified=modified), modified
 
 
 def _remove_trail(trails: Trails, container_id: str) -> int:
@@ -141,9 +176,10 @@ def prune(
         summary = trails.summary(container_id)
         if summary is None:
             continue
-        reason = keep_reason(summary, cutoff, settling=_settling(trails, container_id, now))
+        reason, modified = _decide(trails, summary, cutoff, now)
         if reason is not None or dry_run:
-            outcomes.append(Outcome(summary, removed=False, reason=reason or "would remove"))
+            reason = reason or "would remove"
+            outcomes.append(Outcome(summary, removed=False, reason=reason, modified=modified))
             continue
         try:
             with layout.Lock(trails.root_fd, container_id, trails.root, timeout=lock_timeout):
@@ -151,9 +187,11 @@ def prune(
                 summary = trails.summary(container_id)
                 if summary is None:
                     continue
-                reason = keep_reason(summary, cutoff, settling=_settling(trails, container_id, now))
+                reason, modified = _decide(trails, summary, cutoff, now)
                 if reason is not None:
-                    outcomes.append(Outcome(summary, removed=False, reason=reason))
+                    outcomes.append(
+                        Outcome(summary, removed=False, reason=reason, modified=modified)
+                    )
                     continue
                 files = _remove_trail(trails, container_id)
                 # Unlinked while held, so a writer waiting on this lock file starts afresh.
@@ -165,7 +203,9 @@ def prune(
             message = exc.message if isinstance(exc, ShieldAuditError) else str(exc)
             errors.append(f"{container_id[:12]}: could not remove: {message}")
             continue
-        outcomes.append(Outcome(summary, removed=True, reason=f"{files} file(s)"))
+        outcomes.append(
+            Outcome(summary, removed=True, reason=f"{files} file(s)", modified=modified)
+        )
     return outcomes, errors
 
 
@@ -201,13 +241,13 @@ def prune_command(ctx: click.Context, *, older_than: str, dry_run: bool, as_json
         if as_json:
             row: dict[str, object] = {"container_id": s.container_id, "name": s.name}
             row |= {"action": verb, "state": str(s.state), "last_ts": s.last_ts}
-            row["entries"] = s.entries
+            row |= {"modified": outcome.modified or None, "entries": s.entries}
             click.echo(json.dumps(row))
         else:
-            last = render.when(s.last_ts, moment, exact=False)
+            active = render.when(last_activity(s, outcome.modified), moment, exact=False)
             click.echo(
                 f"{verb} {s.container_id[:12]} {render.printable(s.name) or '-'} "
-                f"({s.state}, {s.entries} entries, last entry {last})"
+                f"({s.state}, {s.entries} entries, last active {active})"
             )
     for error in errors:
         click.echo(f"Error: {error}", err=True)
