@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from shieldaudit.cli.timeargs import UNITS, parse_age, parse_time, ts_bound
@@ -13,6 +13,7 @@ from shieldaudit.errors import UsageError
 from shieldaudit.timefmt import format_ns
 
 NOW = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 moments = st.datetimes(
     min_value=datetime(1, 1, 1),  # noqa: DTZ001 -- hypothesis wants naive bounds
     max_value=datetime(9999, 12, 31),  # noqa: DTZ001
@@ -49,6 +50,13 @@ def test_bad_ages_are_usage_errors(bad):
     assert "--older-than" in info.value.message
 
 
+def ns_since_epoch(moment: datetime) -> int:
+    """Exact nanoseconds since the epoch (``timestamp()`` is a float: off by 1 s in year 6326)."""
+    return (moment - EPOCH) // timedelta(microseconds=1) * 1000
+
+
+# The float oracle's falsifying example: the last microsecond of a far-future second.
+@example(datetime(6326, 1, 1, 0, 0, 0, 999_999, tzinfo=UTC))
 @given(moments)
 def test_rfc3339_round_trips_and_matches_entry_format(moment):
     """A bound is formatted exactly like entry timestamps and parses back to itself."""
@@ -56,7 +64,7 @@ def test_rfc3339_round_trips_and_matches_entry_format(moment):
     assert len(bound) == 27
     assert parse_time(bound, NOW) == moment
     if moment.year >= 1970:  # format_ns takes ns since the epoch
-        assert bound == format_ns(int(moment.timestamp()) * 10**9 + moment.microsecond * 1000)
+        assert bound == format_ns(ns_since_epoch(moment))
 
 
 @given(moments, moments)
