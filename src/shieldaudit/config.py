@@ -35,6 +35,8 @@ class Settings(BaseModel):
     metrics_port: Annotated[int, BeforeValidator(core.parse_port)]
     podman_url: Annotated[str, BeforeValidator(core.parse_text)]
     poll_interval: Annotated[float, BeforeValidator(core.parse_interval)]
+    #: Where key_file came from (not a setting): named when the key file is unusable.
+    key_file_source: str = "default"
 
     def store(self) -> core.StoreSettings:
         """Return the subset a trail writer needs."""
@@ -45,6 +47,7 @@ class Settings(BaseModel):
             fsync=self.fsync,
             key_file=self.key_file,
             fail_closed=self.fail_closed,
+            key_file_source=self.key_file_source,
         )
 
 
@@ -68,6 +71,8 @@ def load_settings(
     for setting in core.SETTINGS:
         given = raw.get(setting.name)
         values[setting.name] = setting.default() if given is None else given.value
+    if "key_file" in raw:
+        values["key_file_source"] = raw["key_file"].source
     try:
         return Settings.model_validate(values)
     except ValidationError as exc:

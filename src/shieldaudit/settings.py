@@ -318,6 +318,8 @@ class StoreSettings:
     fsync: str = "always"
     key_file: Path | None = None
     fail_closed: bool = False
+    #: Where ``key_file`` came from, for the error a bad key file gives.
+    key_file_source: str = "settings"
 
 
 def load_store_settings(
@@ -341,4 +343,5 @@ def load_store_settings(
     assert isinstance(fsync, str)  # noqa: S101
     assert key_file is None or isinstance(key_file, Path)  # noqa: S101
     assert isinstance(fail_closed, bool)  # noqa: S101
-    return StoreSettings(root, max_bytes, keep, fsync, key_file, fail_closed)
+    key_source = raw["key_file"].source if "key_file" in raw else "default"
+    return StoreSettings(root, max_bytes, keep, fsync, key_file, fail_closed, key_source)

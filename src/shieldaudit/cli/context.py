@@ -34,9 +34,9 @@ class AppContext:
 
     def keys(self) -> KeyRing:
         """Return the HMAC key ring from the configured key file (empty when unset)."""
-        from shieldaudit.store.chain import load_keys  # noqa: PLC0415
+        from shieldaudit.store.chain import store_keys  # noqa: PLC0415
 
-        return load_keys(self.settings().key_file)
+        return store_keys(self.settings().store())
 
 
 def app(ctx: click.Context) -> AppContext:

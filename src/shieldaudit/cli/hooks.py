@@ -67,7 +67,7 @@ def install_hooks_command(  # noqa: PLR0917 -- click passes one argument per opt
     # the key file readable by the user that installs (normally the one that runs hooks).
     root_fd = layout.open_root(store.root, create=True)
     os.close(root_fd)
-    chain.load_keys(store.key_file)
+    chain.store_keys(store)
     env = hooksd.settings_env(store, fail_closed=fail_closed)
     command = hooksd.hook_command()
     docs = {

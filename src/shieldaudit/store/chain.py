@@ -24,11 +24,13 @@ import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from shieldaudit.errors import StorageError, UnsafePathError
+from shieldaudit.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
+
+    from shieldaudit.settings import StoreSettings
 
 GENESIS: Final = "0" * 64
 ALG_PLAIN: Final = "sha256"
@@ -109,45 +111,87 @@ class KeyRing:
 NO_KEYS: Final = KeyRing(())
 
 
-def load_keys(path: Path | None) -> KeyRing:
+def load_keys(path: Path | None, *, source: str = "settings", root: Path | None = None) -> KeyRing:
     """Read the key file: one secret per line, the first signs, all verify.
 
-    The file must be a regular file readable only by its owner: a key that others
-    can read cannot stop them from forging a chain.
+    The file must be a regular file outside the trail root, owned by this user
+    or root and readable only by its owner: a key that others can read or
+    replace cannot stop them from forging a chain. Every problem is a bad
+    setting (exit status 2) naming ``key_file`` and ``source``, where its value
+    came from.
     """
     if path is None:
         return NO_KEYS
     try:
+        if root is not None and _inside(path, root):
+            raise ValueError(  # noqa: TRY301 -- worded like every other problem below
+                f"{path} is inside the trail root {root}, where whoever can read or copy the "
+                "trails gets the key: move it out (for example to /etc/shieldaudit/key)",
+            )
+        secrets = _parse_secrets(path, _read_key_file(path))
+    except ValueError as exc:
+        raise ConfigError("key_file", source, str(exc)) from None
+    return KeyRing(tuple(Key.from_secret(s) for s in secrets))
+
+
+def store_keys(settings: StoreSettings) -> KeyRing:
+    """Return the key ring of a writer's settings (checked against its root)."""
+    return load_keys(settings.key_file, source=settings.key_file_source, root=settings.root)
+
+
+def _read_key_file(path: Path) -> bytes:
+    """Return the key file's bytes; raise ValueError unless it is private and ours."""
+    try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ValueError(
+            f"{path} does not exist: create it ('head -c 32 /dev/urandom | base64 > {path}; "
+            f"chmod 600 {path}') or unset the setting",
+        ) from None
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise StorageError(f"cannot read key file {path}: {reason}") from None
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise UnsafePathError(f"key file {path} is not a regular file")
+            raise ValueError(f"{path} is not a regular file")
+        euid = os.geteuid()
+        if st.st_uid not in {0, euid}:
+            raise ValueError(
+                f"{path} belongs to uid {st.st_uid}, not to this user (uid {euid}) or root, "
+                f"and its owner can replace the key: run 'chown {euid} {path}'",
+            )
         if st.st_mode & 0o077:
-            raise UnsafePathError(
-                f"key file {path} is accessible by group or others "
+            raise ValueError(
+                f"{path} is accessible by group or others "
                 f"(mode {stat.S_IMODE(st.st_mode):04o}): run 'chmod 600 {path}'",
             )
-        data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
+        return os.read(fd, MAX_KEY_FILE_BYTES + 1)
     finally:
         os.close(fd)
+
+
+def _parse_secrets(path: Path, data: bytes) -> list[bytes]:
+    """Return the secrets of a key file; raise ValueError if there is no usable one."""
     if len(data) > MAX_KEY_FILE_BYTES:
-        raise StorageError(f"key file {path} is larger than {MAX_KEY_FILE_BYTES} bytes")
+        raise ValueError(f"{path} is larger than {MAX_KEY_FILE_BYTES} bytes")
     secrets = [
         line.strip() for line in data.splitlines() if line.strip() and not line.startswith(b"#")
     ]
     if not secrets:
-        raise StorageError(f"key file {path} holds no key: put a random secret on its first line")
-    for secret in secrets:
-        if len(secret) < MIN_KEY_BYTES:
-            raise StorageError(
-                f"key file {path}: a key is shorter than {MIN_KEY_BYTES} bytes; "
-                "generate one with 'head -c 32 /dev/urandom | base64'",
-            )
-    return KeyRing(tuple(Key.from_secret(s) for s in secrets))
+        raise ValueError(f"{path} holds no key: put a random secret on its first line")
+    if any(len(secret) < MIN_KEY_BYTES for secret in secrets):
+        raise ValueError(
+            f"{path}: a key is shorter than {MIN_KEY_BYTES} bytes; "
+            "generate one with 'head -c 32 /dev/urandom | base64'",
+        )
+    return secrets
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Return whether ``path`` (symlinks resolved) is the root or below it."""
+    real = os.path.realpath(path)
+    real_root = os.path.realpath(root)
+    return real == real_root or real.startswith(real_root.rstrip("/") + "/")
 
 
 def digest(key: Key | None, data: bytes) -> str:

@@ -4,6 +4,13 @@ Only 64-hex container IDs become path components. Below the root, directories
 and trail files are opened relative to a directory descriptor with
 ``O_NOFOLLOW``, so a symlink planted anywhere in a trail's path is refused
 rather than followed outside the root.
+
+Every directory opened below the root must be as private as the root: not
+writable by group or others, and owned by the owner of the directory above it
+(or by root). Otherwise another local user could remove or replace whole
+trails. Nothing is repaired: shieldaudit only ever creates ``0700``
+directories, so a looser mode or another owner was set by someone else, and
+fixing it silently would hide that.
 """
 
 from __future__ import annotations
@@ -117,14 +124,45 @@ def open_root(root: Path, *, create: bool) -> int:
             raise _os_error("create trail root", root, exc) from None
     except OSError as exc:
         raise _os_error("open trail root", root, exc) from None
-    mode = os.fstat(fd).st_mode
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+    st = os.fstat(fd)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         os.close(fd)
         raise UnsafePathError(
-            f"trail root {root} is writable by group or others (mode {stat.S_IMODE(mode):04o}): "
-            f"run 'chmod go-w {root}'",
+            f"trail root {root} is writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}): run 'chmod go-w {root}'",
+        )
+    euid = os.geteuid()
+    if create and st.st_uid not in {0, euid}:
+        # A writer's entries would belong to whoever owns the root: they could
+        # remove or rewrite them at will.
+        os.close(fd)
+        raise UnsafePathError(
+            f"trail root {root} belongs to uid {st.st_uid}, not to this user (uid {euid}) "
+            f"or root: use a root of your own, or run 'chown {euid} {root}' if it is yours",
         )
     return fd
+
+
+def check_dir(fd: int, parent_fd: int, shown: Path | str) -> None:
+    """Refuse a directory others could change: group/other-writable, or someone else's.
+
+    ``fd`` is the directory, ``parent_fd`` the one above it. Its owner must be
+    the parent's owner or root; anyone else owning it could empty it.
+    """
+    st = os.fstat(fd)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafePathError(
+            f"{shown} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}), "
+            f"so other users could remove trails: check its content, then run 'chmod go-w {shown}'",
+        )
+    if st.st_uid != 0:
+        owner = os.fstat(parent_fd).st_uid
+        if st.st_uid != owner:
+            raise UnsafePathError(
+                f"{shown} belongs to uid {st.st_uid}, not to the owner of the directory above "
+                f"it (uid {owner}) or root, so that user could remove trails: check its "
+                f"content, then run 'chown {owner} {shown}'",
+            )
 
 
 def _is_symlink(parent_fd: int, name: str) -> bool:
@@ -135,7 +173,21 @@ def _is_symlink(parent_fd: int, name: str) -> bool:
 
 
 def open_subdir(parent_fd: int, name: str, shown: Path, *, create: bool) -> int:
-    """Open directory ``name`` below ``parent_fd`` without following symlinks."""
+    """Open directory ``name`` below ``parent_fd`` without following symlinks.
+
+    The directory is checked with :func:`check_dir` (refused if others could
+    change it).
+    """
+    fd = _open_subdir(parent_fd, name, shown, create=create)
+    try:
+        check_dir(fd, parent_fd, shown)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_subdir(parent_fd: int, name: str, shown: Path, *, create: bool) -> int:
     try:
         return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     except FileNotFoundError:
@@ -158,11 +210,21 @@ def open_subdir(parent_fd: int, name: str, shown: Path, *, create: bool) -> int:
         raise _os_error("open", shown, exc) from None
 
 
-def open_regular(dir_fd: int, name: str, flags: int, shown: Path, mode: int = FILE_MODE) -> int:
+def open_regular(
+    dir_fd: int,
+    name: str,
+    flags: int,
+    shown: Path,
+    mode: int = FILE_MODE,
+    *,
+    single_link: bool = False,
+) -> int:
     """Open a regular file below ``dir_fd`` without following symlinks.
 
     ``O_NONBLOCK`` keeps a planted FIFO from hanging the open; anything that is
-    not a regular file is refused.
+    not a regular file is refused. With ``single_link`` (trail files a writer
+    touches), a file with other hard links is refused too: writing to it would
+    change a file outside the trail.
     """
     try:
         fd = os.open(
@@ -176,6 +238,14 @@ def open_regular(dir_fd: int, name: str, flags: int, shown: Path, mode: int = FI
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise UnsafePathError(f"{shown} is not a regular file: remove it")
+    if single_link and st.st_nlink > 1:
+        os.close(fd)
+        raise UnsafePathError(
+            f"{shown} has {st.st_nlink} hard links, so writing to it would also change a file "
+            f"outside the trail: find them with 'find / -xdev -samefile {shown}'; if it holds "
+            f"this trail, give it its own copy ('cp -p {shown} {shown}.new && "
+            f"mv {shown}.new {shown}'), else move it away",
+        )
     os.set_blocking(fd, True)
     return fd
 

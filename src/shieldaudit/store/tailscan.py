@@ -66,10 +66,14 @@ def head_in(fd: int, end: int) -> tuple[int, str] | None:
     return None
 
 
-def find_head(dir_fd: int, active_fd: int, active_end: int) -> tuple[int, str]:
+def find_head(
+    dir_fd: int, active_fd: int, active_end: int, shown_dir: Path | None = None
+) -> tuple[int, str]:
     """Return the trail's chain head: the active segment's, else the newest sealed one's.
 
-    ``(0, GENESIS)`` for a trail with no valid entry yet.
+    ``(0, GENESIS)`` for a trail with no valid entry yet. A sealed segment with
+    other hard links is refused, as the writer refuses such an ``audit.jsonl``.
+    ``shown_dir`` is the trail directory, for messages.
     """
     if active_end:
         head = head_in(active_fd, active_end)
@@ -77,7 +81,8 @@ def find_head(dir_fd: int, active_fd: int, active_end: int) -> tuple[int, str]:
             return head
     for number in reversed(layout.list_segment_numbers(dir_fd)):
         name = layout.segment_name(number)
-        fd = layout.open_regular(dir_fd, name, os.O_RDONLY, Path(name))
+        shown = shown_dir / name if shown_dir is not None else Path(name)
+        fd = layout.open_regular(dir_fd, name, os.O_RDONLY, shown, single_link=True)
         try:
             head = head_in(fd, complete_end(fd, os.fstat(fd).st_size))
         finally:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
+import stat
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -29,6 +31,16 @@ if TYPE_CHECKING:
 
 #: Largest entry a writer accepts; readers refuse lines over 1 MiB.
 MAX_ENTRY_BYTES: Final = 256 * 1024
+#: The most of one torn tail kept in ``state/torn/``. A torn tail left by a crash
+#: is the start of one entry, so a genuine one is always kept whole; anything
+#: longer was not written by shieldaudit and only its start is kept.
+TORN_KEEP_BYTES: Final = MAX_ENTRY_BYTES
+#: Bounds of ``state/torn/`` as a whole: the newest fragments are kept within
+#: both, everything older is removed.
+TORN_MAX_FILES: Final = 64
+TORN_MAX_BYTES: Final = 16 * 1024 * 1024
+TORN_SUFFIX: Final = ".fragment"
+_COPY_CHUNK: Final = 1024 * 1024
 _NL: Final = b"\n"
 
 
@@ -42,6 +54,15 @@ class Written:
     line: bytes
     rotated_to: str | None
     torn_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Torn:
+    """A torn tail that was cut from the active segment."""
+
+    size: int  # bytes cut
+    sha256: str  # digest of all of them (only the first TORN_KEEP_BYTES are kept)
+    lines_end: int  # where the complete lines end (the segment's new size)
 
 
 @dataclass(slots=True)
@@ -94,7 +115,7 @@ class TrailWriter:
         """Open nothing yet; the root is opened (and checked) on first use."""
         self._settings = settings
         self._root = settings.root
-        self._keys = keys if keys is not None else chain.load_keys(settings.key_file)
+        self._keys = keys if keys is not None else chain.store_keys(settings)
         self._clock = clock
         self._lock_timeout = lock_timeout
         self._max_open = max_open
@@ -199,24 +220,40 @@ class TrailWriter:
     def _active(self, handle: _Handle, container_id: str) -> tuple[int, int]:
         """Return the active segment's descriptor and size, reopening it if it was replaced.
 
-        One ``stat`` of the name answers both questions: whether another writer
-        rotated (or someone replaced) the file, and how long it is now.
+        One ``stat`` of the name answers all three questions: whether another
+        writer rotated (or someone replaced) the file, whether it gained a hard
+        link, and how long it is now.
         """
         if handle.active_fd >= 0:
             try:
                 on_disk = os.stat(layout.ACTIVE, dir_fd=handle.dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 on_disk = None
-            if on_disk is not None and on_disk.st_ino == handle.active_ino:
+            # A second hard link made since it was opened: reopening refuses it.
+            if (
+                on_disk is not None
+                and on_disk.st_ino == handle.active_ino
+                and on_disk.st_nlink == 1
+            ):
                 return handle.active_fd, on_disk.st_size
-            os.close(handle.active_fd)
-            handle.active_fd = -1
+            self._close_active(handle)
+        return self._open_active(handle, container_id)
+
+    @staticmethod
+    def _close_active(handle: _Handle) -> None:
+        os.close(handle.active_fd)
+        handle.active_fd = -1
+
+    def _open_active(self, handle: _Handle, container_id: str) -> tuple[int, int]:
+        """Open (creating) ``audit.jsonl``: a regular file with no other hard link."""
         shown = layout.trail_dir(self._root, container_id) / layout.ACTIVE
         flags = os.O_RDWR | os.O_APPEND
         try:
-            fd = layout.open_regular(handle.dir_fd, layout.ACTIVE, flags, shown)
+            fd = layout.open_regular(handle.dir_fd, layout.ACTIVE, flags, shown, single_link=True)
         except FileNotFoundError:
-            fd = layout.open_regular(handle.dir_fd, layout.ACTIVE, flags | os.O_CREAT, shown)
+            fd = layout.open_regular(
+                handle.dir_fd, layout.ACTIVE, flags | os.O_CREAT, shown, single_link=True
+            )
             layout.fsync_dir(handle.dir_fd)
         handle.active_fd = fd
         st = os.fstat(fd)
@@ -227,20 +264,24 @@ class TrailWriter:
         self, handle: _Handle, container_id: str, fields: Mapping[str, object]
     ) -> Written:
         fd, size = self._active(handle, container_id)
-        torn = 0
+        torn = None
         head = handle.head
         if head is not None and head.ino == handle.active_ino and head.size == size:
             seq, prev = head.seq, head.mac  # nothing changed since our own last append
         else:
             if size and os.pread(fd, 1, size - 1) != _NL:
-                torn, size = self._set_aside_torn_tail(fd, size, container_id)
-            seq, prev = tailscan.find_head(handle.dir_fd, fd, size)
+                torn = self._set_aside_torn_tail(fd, size, container_id)
+                size = torn.lines_end
+            seq, prev = tailscan.find_head(
+                handle.dir_fd, fd, size, layout.trail_dir(self._root, container_id)
+            )
         body = dict(fields)
         body["seq"] = seq + 1
         body.setdefault("ts", format_ns(self._clock()))
         body["container_id"] = container_id
-        if torn:
-            body["torn_tail_bytes"] = torn
+        if torn is not None:
+            body["torn_tail_bytes"] = torn.size
+            body["torn_tail_sha256"] = torn.sha256
         signer = self._keys.signer
         line, mac = chain.seal(chain.build_body(body, prev, signer), signer)
         _check_size(line, container_id)
@@ -252,7 +293,7 @@ class TrailWriter:
             rotated_to = self._rotate(handle, container_id)
             new_size = 0
         handle.head = _Head(handle.active_ino, new_size, seq + 1, mac)
-        return Written(container_id, seq + 1, mac, line, rotated_to, torn)
+        return Written(container_id, seq + 1, mac, line, rotated_to, torn.size if torn else 0)
 
     def _write(self, fd: int, line: bytes, size: int, container_id: str) -> None:
         """Write the line with one ``write()``; on a short or failed write, undo it."""
@@ -283,22 +324,23 @@ class TrailWriter:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, size)
 
-    def _set_aside_torn_tail(self, fd: int, size: int, container_id: str) -> tuple[int, int]:
+    def _set_aside_torn_tail(self, fd: int, size: int, container_id: str) -> _Torn:
         """Move an incomplete last line (a crash mid-write) out of the trail.
 
-        The fragment is never glued to the next entry: it is saved under
-        ``state/torn/`` for inspection, cut from the segment, and the next entry
-        records how many bytes were set aside (``torn_tail_bytes``).
+        The fragment is never glued to the next entry: its start (at most
+        :data:`TORN_KEEP_BYTES`) is saved under ``state/torn/`` for inspection,
+        it is cut from the segment, and the next entry records how many bytes
+        were cut and their SHA-256 (``torn_tail_bytes``, ``torn_tail_sha256``).
+        The fragment is streamed, so a torn tail of any size costs bounded memory.
         """
-        lines_start = tailscan.complete_end(fd, size)
-        fragment = os.pread(fd, size - lines_start, lines_start)
-        self._save_fragment(container_id, fragment)
-        os.ftruncate(fd, lines_start)
+        lines_end = tailscan.complete_end(fd, size)
+        digest = self._save_fragment(container_id, fd, lines_end, size)
+        os.ftruncate(fd, lines_end)
         if self._settings.fsync == "always":
             os.fsync(fd)
-        return len(fragment), lines_start
+        return _Torn(size - lines_end, digest, lines_end)
 
-    def _save_fragment(self, container_id: str, fragment: bytes) -> None:
+    def _open_torn_dir(self) -> int:
         state_fd = layout.open_subdir(
             self._root_fd,
             layout.STATE_DIR,
@@ -306,7 +348,7 @@ class TrailWriter:
             create=True,
         )
         try:
-            torn_fd = layout.open_subdir(
+            return layout.open_subdir(
                 state_fd,
                 layout.TORN_DIR,
                 self._root / layout.STATE_DIR / layout.TORN_DIR,
@@ -314,16 +356,35 @@ class TrailWriter:
             )
         finally:
             os.close(state_fd)
+
+    def _save_fragment(self, container_id: str, fd: int, start: int, end: int) -> str:
+        """Copy the start of ``fd[start:end]`` to a new fragment file; return the SHA-256 of all.
+
+        Then bound ``state/torn/`` (see :func:`bound_torn_dir`). If the fragment
+        cannot be saved, nothing is cut and the error says so.
+        """
+        torn_fd = self._open_torn_dir()
         try:
-            name = f"{container_id}-{self._clock()}.fragment"
+            name = f"{container_id}-{self._clock()}{TORN_SUFFIX}"
             shown = self._root / layout.STATE_DIR / layout.TORN_DIR / name
             out = layout.open_regular(torn_fd, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, shown)
             try:
-                os.write(out, fragment)
+                digest = _copy_fragment(fd, start, end, out)
+                if self._settings.fsync == "always":
+                    os.fsync(out)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=torn_fd)
+                raise StorageError(
+                    f"cannot set aside the torn tail of {self._active_path(container_id)} "
+                    f"in {shown}: {exc.strerror or exc} (free space, then retry)",
+                ) from None
             finally:
                 os.close(out)
+            bound_torn_dir(torn_fd, keep=name)
         finally:
             os.close(torn_fd)
+        return digest
 
     def _rotate(self, handle: _Handle, container_id: str) -> str:
         """Seal the active segment under the next number, start a new one, apply retention."""
@@ -358,6 +419,58 @@ class TrailWriter:
                     os.unlink(layout.segment_name(old), dir_fd=dir_fd)
         layout.fsync_dir(dir_fd)
         return name
+
+
+def _copy_fragment(fd: int, start: int, end: int, out: int) -> str:
+    """Write the first TORN_KEEP_BYTES of ``fd[start:end]`` to ``out``; hash all of it."""
+    hasher = hashlib.sha256()
+    pos = start
+    kept = 0
+    while pos < end:
+        data = os.pread(fd, min(_COPY_CHUNK, end - pos), pos)
+        if not data:
+            break
+        pos += len(data)
+        hasher.update(data)
+        if kept < TORN_KEEP_BYTES:
+            view = memoryview(data)[: TORN_KEEP_BYTES - kept]
+            while view:
+                view = view[os.write(out, view) :]
+            kept += min(len(data), TORN_KEEP_BYTES - kept)
+    return hasher.hexdigest()
+
+
+def bound_torn_dir(torn_fd: int, keep: str = "") -> None:
+    """Keep the newest fragments of ``state/torn/`` within both bounds; remove the older ones.
+
+    Newest first by modification time, fragments are kept while at most
+    :data:`TORN_MAX_FILES` of them add up to at most :data:`TORN_MAX_BYTES`;
+    the first one over either bound and every older one are removed. ``keep``
+    (the fragment just saved) is never removed. Only regular ``*.fragment``
+    files are counted or touched.
+    """
+    found: list[tuple[int, str, int]] = []
+    for name in os.listdir(torn_fd):
+        if not name.endswith(TORN_SUFFIX):
+            continue
+        try:
+            st = os.stat(name, dir_fd=torn_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # another writer removed it
+        if stat.S_ISREG(st.st_mode):
+            found.append((st.st_mtime_ns, name, st.st_size))
+    found.sort(reverse=True)
+    count = total = 0
+    full = False
+    for _, name, size in found:
+        if name != keep:
+            full = full or count + 1 > TORN_MAX_FILES or total + size > TORN_MAX_BYTES
+            if full:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=torn_fd)
+                continue
+        count += 1
+        total += size
 
 
 def _check_size(line: bytes, container_id: str) -> None:
