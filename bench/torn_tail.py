@@ -51,7 +51,7 @@ def main() -> None:
         env = dict(item.split("=", 1) for item in doc["hook"]["env"])
         state = json.dumps({"ociVersion": "1.0.2", "id": CID, "status": "running", "pid": 1})
         active = root / "containers" / CID / "audit.jsonl"
-        print(f"| run | torn tail | hook peak RSS | hook wall time | state/torn files | bytes |")
+        print("| run | torn tail | hook peak RSS | hook wall time | state/torn files | bytes |")
         print("|---|---|---|---|---|---|")
         for run in range(1, args.runs + 1):
             os.truncate(active, active.stat().st_size + args.mib * 1024 * 1024)
