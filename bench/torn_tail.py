@@ -45,9 +45,7 @@ def main() -> None:
         settings = StoreSettings(root, fsync="always")
         with TrailWriter(settings) as writer:
             writer.append(CID, {"source": "cli", "action": "seed"})
-        doc = hooksd.build_hook(
-            "poststart", hooksd.hook_command(), hooksd.settings_env(settings)
-        )
+        doc = hooksd.build_hook("poststart", hooksd.hook_command(), hooksd.settings_env(settings))
         env = dict(item.split("=", 1) for item in doc["hook"]["env"])
         state = json.dumps({"ociVersion": "1.0.2", "id": CID, "status": "running", "pid": 1})
         active = root / "containers" / CID / "audit.jsonl"

@@ -39,7 +39,7 @@ def _target(root, which):
 @pytest.mark.parametrize("which", ["containers", "state", "trail", "locks"])
 @pytest.mark.parametrize("mode", [0o770, 0o707, 0o777, 0o1777])
 def test_group_or_world_writable_directory_is_refused(tmp_path, which, mode):
-    """A writable-by-others directory below the root: refused, path/mode/fix named, nothing written."""
+    """A directory below the root others can write: refused naming path, mode and fix; no write."""
     root = tmp_path / "root"
     write(root, CID_A, 1)
     target = _target(root, which)

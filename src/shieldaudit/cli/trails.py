@@ -100,9 +100,19 @@ class Trails:
         if self.fd < 0:
             raise FileNotFoundError(container_id)
         if layout.is_container_id(container_id):
-            # Fast path (ls reads thousands): the same open as open_subdir, no Path built.
-            with contextlib.suppress(OSError):
-                return os.open(container_id, _DIR_FLAGS, dir_fd=self.fd)
+            # Fast path (ls reads thousands): the same open and checks as open_subdir,
+            # no Path built.
+            try:
+                fd = os.open(container_id, _DIR_FLAGS, dir_fd=self.fd)
+            except OSError:
+                pass
+            else:
+                try:
+                    layout.check_dir(fd, self.fd, f"{self.root}/containers/{container_id}")
+                except BaseException:
+                    os.close(fd)
+                    raise
+                return fd
         return layout.open_subdir(
             self.fd,
             layout.check_container_id(container_id),
