@@ -27,7 +27,7 @@ class Settings(BaseModel):
 
     root: Annotated[Path, BeforeValidator(core.parse_path)]
     max_segment_bytes: Annotated[int, BeforeValidator(core.parse_size)]
-    keep_segments: Annotated[int, BeforeValidator(core.parse_count)]
+    keep_segments: Annotated[int, BeforeValidator(core.parse_keep)]
     fsync: Annotated[Literal["always", "never"], BeforeValidator(core.parse_fsync)]
     key_file: Annotated[Path | None, BeforeValidator(core.parse_optional_path)]
     fail_closed: Annotated[bool, BeforeValidator(core.parse_bool)]

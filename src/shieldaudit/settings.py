@@ -22,6 +22,10 @@ DEFAULT_CONFIG_FILE: Final = Path("/etc/shieldaudit/config.toml")
 DEFAULT_MAX_SEGMENT_BYTES: Final = 10 * 1024 * 1024
 DEFAULT_KEEP_SEGMENTS: Final = 20
 MIN_SEGMENT_BYTES: Final = 256
+#: Upper bounds: a value past them is a typo or an attack, never a plan.
+MAX_SEGMENT_BYTES: Final = 1024**3
+MAX_KEEP_SEGMENTS: Final = 100_000
+MAX_POLL_INTERVAL: Final = 3600.0
 _SIZE_UNITS: Final = {
     "": 1,
     "b": 1,
@@ -40,7 +44,10 @@ _FALSE: Final = frozenset({"0", "false", "no", "off", ""})
 
 
 def parse_size(value: object) -> int:
-    """Parse a byte size: an integer or a string like ``10MiB``, ``512k``, ``4096``."""
+    """Parse a segment size: an integer or a string like ``10MiB``, ``512k``, ``4096``.
+
+    From :data:`MIN_SEGMENT_BYTES` to :data:`MAX_SEGMENT_BYTES` (1 GiB).
+    """
     if isinstance(value, bool):
         raise ValueError("expected a byte size such as 10MiB, not a boolean")
     if isinstance(value, int):
@@ -49,12 +56,25 @@ def parse_size(value: object) -> int:
         text = str(value).strip().lower().replace("_", "")
         digits = text.rstrip("abcdefghijklmnopqrstuvwxyz ")
         unit = text[len(digits) :].strip()
-        if not digits.isdigit() or unit not in _SIZE_UNITS:
-            raise ValueError(f"expected a byte size such as 10MiB or 1048576, got {value!r}")
-        number = int(digits) * _SIZE_UNITS[unit]
+        if not digits.isdigit() or not digits.isascii() or unit not in _SIZE_UNITS:
+            raise ValueError(
+                f"expected a byte size such as 10MiB or 1048576, got {_shown(value)}",
+            )
+        # Past 30 digits it is too large anyway: do not convert a hostile huge string.
+        number = int(digits) * _SIZE_UNITS[unit] if len(digits) <= 30 else MAX_SEGMENT_BYTES + 1
     if number < MIN_SEGMENT_BYTES:
         raise ValueError(f"must be at least {MIN_SEGMENT_BYTES} bytes, got {number}")
+    if number > MAX_SEGMENT_BYTES:
+        raise ValueError(
+            f"must be at most {MAX_SEGMENT_BYTES} bytes (1GiB), got {_shown(value)}",
+        )
     return number
+
+
+def _shown(value: object) -> str:
+    """Return a value for an error message, cut so a hostile one stays one short line."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def parse_count(value: object) -> int:
@@ -64,9 +84,19 @@ def parse_count(value: object) -> int:
     try:
         number = value if isinstance(value, int) else int(str(value).strip())
     except ValueError:
-        raise ValueError(f"expected a whole number >= 0, got {value!r}") from None
+        raise ValueError(f"expected a whole number >= 0, got {_shown(value)}") from None
     if number < 0:
         raise ValueError(f"expected a whole number >= 0, got {number}")
+    return number
+
+
+def parse_keep(value: object) -> int:
+    """Parse the sealed segments to keep: 0 (keep all) to :data:`MAX_KEEP_SEGMENTS`."""
+    number = parse_count(value)
+    if number > MAX_KEEP_SEGMENTS:
+        raise ValueError(
+            f"expected a whole number from 0 to {MAX_KEEP_SEGMENTS}, got {_shown(number)}",
+        )
     return number
 
 
@@ -125,13 +155,16 @@ def parse_text(value: object) -> str:
 
 
 def parse_interval(value: object) -> float:
-    """Parse a positive number of seconds."""
+    """Parse a positive number of seconds, at most :data:`MAX_POLL_INTERVAL` (an hour)."""
     try:
         number = float(str(value).strip())
     except ValueError:
-        raise ValueError(f"expected a number of seconds, got {value!r}") from None
-    if not number > 0:
-        raise ValueError(f"expected a positive number of seconds, got {value!r}")
+        raise ValueError(f"expected a number of seconds, got {_shown(value)}") from None
+    if not 0 < number <= MAX_POLL_INTERVAL:  # also refuses nan and inf
+        raise ValueError(
+            f"expected a number of seconds above 0 and at most {MAX_POLL_INTERVAL:g}, "
+            f"got {_shown(value)}",
+        )
     return number
 
 
@@ -179,7 +212,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(
         "keep_segments",
         "SHIELDAUDIT_KEEP_SEGMENTS",
-        parse_count,
+        parse_keep,
         lambda: DEFAULT_KEEP_SEGMENTS,
         "sealed segments kept per container (0 keeps all)",
     ),
@@ -261,8 +294,13 @@ def read_config_file(path: Path | None, *, required: bool) -> dict[str, object]:
         if required:
             raise ConfigError("config", str(path), "file not found") from None
         return {}
+    except IsADirectoryError:
+        raise ConfigError(
+            "config", str(path), "is a directory: give the path of a TOML file"
+        ) from None
     except OSError as exc:
-        raise ConfigError("config", str(path), exc.strerror or str(exc)) from None
+        problem = exc.strerror or str(exc)
+        raise ConfigError("config", str(path), f"cannot read it: {problem}") from None
     import tomllib  # noqa: PLC0415 -- only paid for when a config file exists
 
     try:

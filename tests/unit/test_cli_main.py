@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from shieldaudit import cli
 from shieldaudit.cli import verify as verify_module
 from store_helpers import CID_A, write
@@ -41,3 +43,36 @@ def test_unknown_command_is_a_usage_error(capsys):
     assert status == 2
     assert "No such command 'frobnicate'" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ("directory", "is a directory: give the path of a TOML file"),
+        ("file/below/a/file", "cannot read it: Not a directory"),
+    ],
+)
+def test_unusable_config_file_is_one_error_line_with_exit_2(tmp_path, capsys, config, problem):
+    """--config naming a directory or an unreadable path: one 'Error:' line, exit 2, no usage."""
+    (tmp_path / "directory").mkdir()
+    (tmp_path / "file").write_text("")
+    path = tmp_path / config
+    status = cli.run(["--config", str(path), "--root", str(tmp_path / "root"), "ls"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert err == [f"Error: invalid setting config (from {path}): {problem}"]
+
+
+def test_too_large_setting_in_the_config_file_names_it_and_the_file(tmp_path, capsys):
+    """max_segment_bytes = '99999999999999999999GiB' in the file: one line, the key and file."""
+    config = tmp_path / "config.toml"
+    config.write_text('max_segment_bytes = "99999999999999999999GiB"\n')
+    status = cli.run(["--config", str(config), "--root", str(tmp_path / "root"), "ls"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert err == [
+        (
+            f"Error: invalid setting max_segment_bytes (from {config} key max_segment_bytes): "
+            "must be at most 1073741824 bytes (1GiB), got '99999999999999999999GiB'"
+        )
+    ]

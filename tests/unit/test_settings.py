@@ -63,6 +63,24 @@ def test_config_file_from_environment(tmp_path):
         ({"SHIELDAUDIT_ROOT": "relative/path"}, "root", "SHIELDAUDIT_ROOT"),
         ({"SHIELDAUDIT_FAIL_CLOSED": "perhaps"}, "fail_closed", "SHIELDAUDIT_FAIL_CLOSED"),
         ({"SHIELDAUDIT_METRICS_PORT": "70000"}, "metrics_port", "SHIELDAUDIT_METRICS_PORT"),
+        (
+            {"SHIELDAUDIT_MAX_SEGMENT_BYTES": "99999999999999999999GiB"},
+            "max_segment_bytes",
+            "SHIELDAUDIT_MAX_SEGMENT_BYTES",
+        ),
+        (
+            {"SHIELDAUDIT_MAX_SEGMENT_BYTES": "9" * 5000},
+            "max_segment_bytes",
+            "SHIELDAUDIT_MAX_SEGMENT_BYTES",
+        ),
+        (
+            {"SHIELDAUDIT_MAX_SEGMENT_BYTES": "1025MiB"},
+            "max_segment_bytes",
+            "SHIELDAUDIT_MAX_SEGMENT_BYTES",
+        ),
+        ({"SHIELDAUDIT_KEEP_SEGMENTS": "100001"}, "keep_segments", "SHIELDAUDIT_KEEP_SEGMENTS"),
+        ({"SHIELDAUDIT_POLL_INTERVAL": "inf"}, "poll_interval", "SHIELDAUDIT_POLL_INTERVAL"),
+        ({"SHIELDAUDIT_POLL_INTERVAL": "3601"}, "poll_interval", "SHIELDAUDIT_POLL_INTERVAL"),
     ],
 )
 def test_bad_value_is_one_error_naming_setting_and_source(tmp_path, env, setting, source):
@@ -74,6 +92,7 @@ def test_bad_value_is_one_error_naming_setting_and_source(tmp_path, env, setting
     assert setting in message
     assert source in message
     assert "\n" not in message
+    assert len(message) < 200
     if setting in {"fsync", "max_segment_bytes", "keep_segments", "root", "fail_closed"}:
         with pytest.raises(ConfigError, match=setting):
             core.load_store_settings(env, config_option=config)
@@ -113,3 +132,18 @@ def test_default_root_for_root_and_users():
     assert core.default_podman_url(1000, {"XDG_RUNTIME_DIR": "/run/user/1000"}) == (
         "unix:///run/user/1000/podman/podman.sock"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("max_segment_bytes", "1GiB"),
+        ("max_segment_bytes", core.MAX_SEGMENT_BYTES),
+        ("keep_segments", core.MAX_KEEP_SEGMENTS),
+        ("poll_interval", core.MAX_POLL_INTERVAL),
+    ],
+)
+def test_upper_bounds_are_inclusive(tmp_path, name, value):
+    """Each documented upper bound is itself accepted; one past it is refused (table above)."""
+    loaded = load_settings({name: value}, {}, _file(tmp_path, ""))
+    assert getattr(loaded, name) == core.SETTINGS_BY_NAME[name].parse(value)

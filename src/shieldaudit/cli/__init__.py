@@ -56,16 +56,19 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+# --root and --config are plain strings: the settings loader checks them and says
+# what is wrong in one ``Error:`` line naming the setting (click would print its
+# usage block for a directory given as --config).
 @click.option(
     "--root",
-    type=click.Path(file_okay=False, path_type=str),
+    metavar="DIRECTORY",
     default=None,
     help="Trail root (else SHIELDAUDIT_ROOT, the config file, or the default).",
 )
 @click.option(
     "--config",
     "config_file",
-    type=click.Path(dir_okay=False, path_type=str),
+    metavar="FILE",
     default=None,
     help="TOML config file (else SHIELDAUDIT_CONFIG, else /etc/shieldaudit/config.toml).",
 )
