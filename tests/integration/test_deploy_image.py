@@ -387,9 +387,12 @@ def test_sidecar_container_follows_podman_events_through_the_socket(
             return value is not None and value >= 1.0
 
         wait_for(started, "the start event to be counted", sidecar.logs, sidecar.alive)
-        status = http_get(f"http://127.0.0.1:{sidecar.port}/readyz")
-        assert status is not None
-        assert status[0] == 200
+        wait_for(
+            lambda: (http_get(f"http://127.0.0.1:{sidecar.port}/readyz") or (0, ""))[0] == 200,
+            "/readyz",
+            sidecar.logs,
+            sidecar.alive,
+        )
 
 
 @pytest.mark.podman

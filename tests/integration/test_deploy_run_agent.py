@@ -18,7 +18,15 @@ import time
 from pathlib import Path
 
 import pytest
-from test_deploy_image import SHIELDAUDIT, free_port, sample, scrape, trail_root, wait_for
+from test_deploy_image import (
+    SHIELDAUDIT,
+    free_port,
+    http_get,
+    sample,
+    scrape,
+    trail_root,
+    wait_for,
+)
 
 from podman_harness import ping
 from shieldaudit import __version__
@@ -194,14 +202,18 @@ def test_run_agent_quick_start(podman_env, tmp_path):
     try:
         assert again.first_line() == expected_line
         assert {p.name: p.read_text() for p in sorted(hooks.glob("*.json"))} == installed
+        # /metrics answers (every series at 0) before the initial scan ends:
+        # only once ready has the history been read.
         wait_for(
-            lambda: sample(scrape(port), "shieldaudit_build_info", version=__version__) == 1.0,
-            "the second run to serve /metrics",
+            lambda: (http_get(f"http://127.0.0.1:{port}/readyz") or (0, ""))[0] == 200,
+            "the second run to be ready",
             again.logs,
             again.alive,
         )
+        metrics = scrape(port)
+        assert sample(metrics, "shieldaudit_build_info", version=__version__) == 1.0
         # Counted once: the checkpoint carries over, nothing is re-counted.
-        assert sample(scrape(port), EVENTS, source="hook", action="createRuntime") == 0.0
+        assert sample(metrics, EVENTS, source="hook", action="createRuntime") == 0.0
         assert again.stop() in {0, 143}, again.logs()
     finally:
         again.kill_group()

@@ -114,6 +114,22 @@ class SidecarProc:
                 pytest.fail(f"timed out waiting for {what}; last metrics: {values}")
             time.sleep(0.05)
 
+    def wait_ready(self) -> dict[str, float]:
+        """Poll /readyz until 200 (the initial scan is published); return the metrics then.
+
+        /metrics answers (every series at 0) before the initial scan ends, so
+        only readiness says that the history has been counted.
+        """
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            assert self.proc.poll() is None, self.proc.stderr.read().decode()  # type: ignore[union-attr]
+            status, body = self.get("/readyz")
+            if status == 200:
+                return self.metrics()
+            if time.monotonic() > deadline:
+                pytest.fail(f"/readyz never turned 200; last answer: {status} {body!r}")
+            time.sleep(0.05)
+
     def terminate(self) -> int:
         """SIGTERM and wait; return the exit status."""
         self.proc.send_signal(signal.SIGTERM)
@@ -157,11 +173,11 @@ def test_endpoints_history_and_clean_sigterm(tmp_path, sidecars):
     root = tmp_path / "root"
     write(root, IDS[0], 12)
     sidecar = sidecars(root)
-    values = sidecar.wait_for(lambda v: events(v) == 12, "history")
+    values = sidecar.wait_ready()
+    assert events(values) == 12
     assert values["shieldaudit_rotations_total"] == sealed_count(root) > 0
     assert values["shieldaudit_watched_containers"] == 1
     assert sidecar.get("/healthz") == (200, "ok\n")
-    assert sidecar.get("/readyz")[0] == 200
     assert sidecar.get("/nope")[0] == 404
 
     write(root, IDS[1], 5)
@@ -260,7 +276,7 @@ def test_hook_failures_counted_once(tmp_path, sidecars):
 
     fail_hook()
     second = sidecars(root)
-    values = second.wait_for(lambda v: v.get("shieldaudit_hook_errors_total", 0) >= 1, "restart")
+    values = second.wait_ready()  # history counted: one new failure, the old two not again
     assert values["shieldaudit_hook_errors_total"] == 1
     assert second.terminate() == 0
 
