@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from shieldaudit.settings import StoreSettings
 
 HOOKS_VERSION: Final = "1.0.0"
-DEFAULT_HOOKS_DIR: Final = Path("/etc/containers/oci/hooks.d")
 DEFAULT_STAGES: Final = ("createRuntime", "poststart", "poststop")
 #: Seconds the runtime lets the hook run; the hook's own waits are bounded far below.
 HOOK_TIMEOUT_S: Final = 10

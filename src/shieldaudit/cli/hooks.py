@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from shieldaudit import hooksd
+from shieldaudit import hooksd, hooksdir
 from shieldaudit.cli.context import app
+from shieldaudit.errors import UsageError
 from shieldaudit.ocistate import STAGES
 
 
@@ -16,9 +17,9 @@ from shieldaudit.ocistate import STAGES
 @click.option(
     "--hooks-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=hooksd.DEFAULT_HOOKS_DIR,
-    show_default=True,
-    help="hooks.d directory to write to (podman --hooks-dir, containers.conf hooks_dir).",
+    default=None,
+    help="hooks.d directory to write to. [default: the one Podman reads: the last "
+    "directory of hooks_dir in containers.conf, else /usr/share/containers/oci/hooks.d]",
 )
 @click.option(
     "--stage",
@@ -42,7 +43,7 @@ from shieldaudit.ocistate import STAGES
 @click.pass_context
 def install_hooks_command(  # noqa: PLR0917 -- click passes one argument per option
     ctx: click.Context,
-    hooks_dir: Path,
+    hooks_dir: Path | None,
     stages: tuple[str, ...],
     annotation: str | None,
     fail_closed: bool,
@@ -55,11 +56,23 @@ def install_hooks_command(  # noqa: PLR0917 -- click passes one argument per opt
     environment. Files are validated, the hook is run once to check it works,
     and each file is moved into place atomically. Files not written by
     install-hooks are never overwritten or removed.
+
+    Without --hooks-dir the files go where this host's Podman reads hooks:
+    the last directory of hooks_dir in containers.conf (following
+    CONTAINERS_CONF, the system, drop-in and user files, and
+    CONTAINERS_CONF_OVERRIDE, as Podman does), else Podman's built-in
+    /usr/share/containers/oci/hooks.d. The last line says which and why.
     """
+    choice = None if hooks_dir is not None else hooksdir.resolve_host()
+    if choice is not None:
+        hooks_dir = choice.directory
+    assert hooks_dir is not None  # noqa: S101 -- one of the two is set
     if uninstall:
         for path in hooksd.uninstall(hooks_dir):
             click.echo(f"removed {path}")
         return
+    if choice is not None:
+        _check_writable(choice)
     from shieldaudit.store import chain, layout  # noqa: PLC0415 -- only when installing
 
     store = app(ctx).settings().store()
@@ -79,3 +92,25 @@ def install_hooks_command(  # noqa: PLR0917 -- click passes one argument per opt
         click.echo(f"installed {path}")
     for path in removed:
         click.echo(f"removed {path}")
+    where = (
+        "as asked (--hooks-dir)"
+        if choice is None
+        else f"the hooks directory Podman reads ({choice.reason})"
+    )
+    click.echo(f"installed {len(written)} hooks into {hooks_dir}, {where}")
+
+
+def _check_writable(choice: hooksdir.HooksDirChoice) -> None:
+    """Refuse early, with what to do, when the resolved directory is not ours to write."""
+    existing = choice.directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if os.access(existing, os.W_OK):
+        return
+    mine = "~/.config/containers/oci/hooks.d"
+    raise UsageError(
+        f"Podman reads hooks from {choice.directory} ({choice.reason}), which this user "
+        f"cannot write: run install-hooks as root, or (rootless Podman) list {mine} as "
+        "hooks_dir in ~/.config/containers/containers.conf and run it again, "
+        "or pass --hooks-dir DIR",
+    )
