@@ -37,6 +37,7 @@ class Settings(BaseModel):
     poll_interval: Annotated[float, BeforeValidator(core.parse_interval)]
     #: Where key_file came from (not a setting): named when the key file is unusable.
     key_file_source: str = "default"
+    unaudited_grace: Annotated[float, BeforeValidator(core.parse_grace)]
 
     def store(self) -> core.StoreSettings:
         """Return the subset a trail writer needs."""

@@ -47,6 +47,23 @@ class ListenerCollector(Collector):
         )
 
 
+class HooksCollector(Collector):
+    """Reports whether the recorded hooks.d files are in place, checked at scrape time."""
+
+    def __init__(self, check: Callable[[], tuple[bool, str]] | None = None) -> None:
+        """Ask ``check`` for ``(installed, why not)``; None means unknown (0)."""
+        self.check = check
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the gauge."""
+        installed = self.check()[0] if self.check is not None else False
+        yield GaugeMetricFamily(
+            "shieldaudit_hooks_installed",
+            "1 while every hooks.d file install-hooks wrote for this root is present and unchanged",
+            value=1 if installed else 0,
+        )
+
+
 class SidecarMetrics:
     """Every sidecar metric, registered on ``registry``."""
 
@@ -55,6 +72,7 @@ class SidecarMetrics:
         registry: CollectorRegistry,
         *,
         listener_status: Callable[[], tuple[bool, int]] | None = None,
+        hooks_check: Callable[[], tuple[bool, str]] | None = None,
         version: str = __version__,
     ) -> None:
         """Register the collectors and export every known series at 0."""
@@ -92,8 +110,15 @@ class SidecarMetrics:
             "Entries that do not continue their container's chain (gap, rewind, bad link)",
             registry=registry,
         )
+        self.unaudited_starts = Counter(
+            "shieldaudit_unaudited_starts",
+            "Container starts reported by Podman's events without their hook entries",
+            registry=registry,
+        )
         self.listener = ListenerCollector(listener_status)
         registry.register(self.listener)
+        self.hooks = HooksCollector(hooks_check)
+        registry.register(self.hooks)
         self.build_info = Gauge(
             "shieldaudit_build_info",
             "Always 1; the version label says which shieldaudit runs",
@@ -118,6 +143,8 @@ class SidecarMetrics:
             self.hook_errors.inc(tally.hook_errors)
         if tally.integrity_failures:
             self.integrity_failures.inc(tally.integrity_failures)
+        if tally.unaudited_starts:
+            self.unaudited_starts.inc(tally.unaudited_starts)
 
     def set_watched(self, count: int) -> None:
         """Set the number of watched trails."""

@@ -168,6 +168,19 @@ def parse_interval(value: object) -> float:
     return number
 
 
+def parse_grace(value: object) -> float:
+    """Parse a grace period: seconds from 0 to one hour."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds, not a boolean")
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    if not 0 <= number <= 3600:
+        raise ValueError(f"expected a number of seconds from 0 to 3600, got {value!r}")
+    return number
+
+
 def default_root(uid: int | None = None, environ: Mapping[str, str] | None = None) -> Path:
     """Return the default trail root: system-wide for root, XDG state dir otherwise."""
     uid = os.geteuid() if uid is None else uid
@@ -258,6 +271,13 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         parse_interval,
         lambda: 1.0,
         "sidecar polling interval when inotify is unavailable",
+    ),
+    Setting(
+        "unaudited_grace",
+        "SHIELDAUDIT_UNAUDITED_GRACE",
+        parse_grace,
+        lambda: 5.0,
+        "seconds a container start may wait for its hook entries before it counts as unaudited",
     ),
 )
 SETTINGS_BY_NAME: Final = {s.name: s for s in SETTINGS}

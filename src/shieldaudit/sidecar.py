@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from prometheus_client import CollectorRegistry
 
+from shieldaudit import hookmanifest
 from shieldaudit.errors import ShieldAuditError
 from shieldaudit.metrics import SidecarMetrics
 from shieldaudit.server import ServerHandle, serve
 from shieldaudit.store.chain import NO_KEYS, KeyRing
+from shieldaudit.watch.reconcile import DEFAULT_GRACE_S
 from shieldaudit.watch.watcher import Watcher
 
 if TYPE_CHECKING:
@@ -84,6 +86,7 @@ class Sidecar:
         use_inotify: bool = True,
         keys: KeyRing | None = NO_KEYS,
         listener: Callable[[], ListenerHandle] | None = None,
+        grace: float = DEFAULT_GRACE_S,
     ) -> None:
         """Open the root and the checkpoint, start serving; the watch loop starts in :meth:`run`.
 
@@ -98,10 +101,15 @@ class Sidecar:
             use_inotify: False forces polling.
             keys: the chain keys, to recompute each entry's mac (None: links only).
             listener: starts the in-process events listener; None for ``--no-listen``.
+            grace: seconds a start event waits for its hook entries (``unaudited_grace``).
         """
         self.registry = registry if registry is not None else CollectorRegistry()
         self._listener: ListenerHandle | None = None
-        self.metrics = SidecarMetrics(self.registry, listener_status=self._listener_status)
+        self.metrics = SidecarMetrics(
+            self.registry,
+            listener_status=self._listener_status,
+            hooks_check=lambda: hookmanifest.check(root),
+        )
         self.stop_event = threading.Event()
         self.watcher = Watcher(
             root,
@@ -112,6 +120,7 @@ class Sidecar:
             poll_interval=poll_interval,
             use_inotify=use_inotify,
             keys=keys,
+            grace=grace,
         )
         self._listener_factory = listener
         try:

@@ -205,6 +205,43 @@ def test_cli_install_and_uninstall(tmp_path):
     assert list(hooks_dir.iterdir()) == []
 
 
+def test_install_records_a_manifest_that_check_follows(tmp_path):
+    """install-hooks records each file's SHA-256; a deleted or edited file, or uninstall, is 0."""
+    from shieldaudit import hookmanifest  # noqa: PLC0415
+
+    hooks_dir = tmp_path / "hooks.d"
+    other_dir = tmp_path / "other.d"
+    root = tmp_path / "root"
+    runner = CliRunner()
+    assert hookmanifest.check(root)[0] is False  # never installed on this root
+    for directory in (hooks_dir, other_dir):
+        args = ["--root", str(root), "install-hooks", "--hooks-dir", str(directory)]
+        assert runner.invoke(cli, args).exit_code == 0
+    listed = hookmanifest.load(root)
+    assert listed is not None
+    assert len(listed) == 6  # three default stages in each directory
+    assert hookmanifest.check(root) == (True, "ok")
+
+    poststart = hooks_dir / "shieldaudit-poststart.json"
+    original = poststart.read_bytes()
+    poststart.write_bytes(original.replace(b'"always": true', b'"always": false'))
+    installed, why = hookmanifest.check(root)
+    assert not installed
+    assert "changed" in why
+    poststart.unlink()
+    assert "missing" in hookmanifest.check(root)[1]
+
+    args = ["--root", str(root), "install-hooks", "--hooks-dir", str(hooks_dir)]
+    assert runner.invoke(cli, args).exit_code == 0  # reinstalling repairs it
+    assert hookmanifest.check(root)[0] is True
+    assert runner.invoke(cli, [*args, "--uninstall"]).exit_code == 0
+    assert len(hookmanifest.load(root) or {}) == 3  # other.d is still installed
+    other = ["--root", str(root), "install-hooks", "--hooks-dir", str(other_dir), "--uninstall"]
+    assert runner.invoke(cli, other).exit_code == 0
+    assert hookmanifest.load(root) is None
+    assert hookmanifest.check(root)[0] is False
+
+
 def test_cli_refuses_an_unsafe_root(tmp_path):
     """A group-writable root is refused at install time, not at the next container start."""
     root = tmp_path / "root"

@@ -16,6 +16,8 @@ PLAIN = (
     "shieldaudit_integrity_failures_total",
     "shieldaudit_listener_connected",
     "shieldaudit_listener_reconnects_total",
+    "shieldaudit_unaudited_starts_total",
+    "shieldaudit_hooks_installed",
 )
 
 
@@ -50,6 +52,8 @@ def test_types_in_exposition():
         ("shieldaudit_listener_connected", "gauge"),
         ("shieldaudit_listener_reconnects_total", "counter"),
         ("shieldaudit_build_info", "gauge"),
+        ("shieldaudit_unaudited_starts_total", "counter"),
+        ("shieldaudit_hooks_installed", "gauge"),
     ]:
         assert f"# TYPE {name} {kind}\n" in text
     assert "container_id" not in text
@@ -66,6 +70,7 @@ def test_publish_adds_counts_and_folds_unknown_labels():
             parse_errors=1,
             integrity_failures=4,
             hook_errors=5,
+            unaudited_starts=6,
         )
     )
     metrics.set_watched(9)
@@ -80,6 +85,7 @@ def test_publish_adds_counts_and_folds_unknown_labels():
     assert value("shieldaudit_parse_errors_total") == 1
     assert value("shieldaudit_integrity_failures_total") == 4
     assert value("shieldaudit_hook_errors_total") == 5
+    assert value("shieldaudit_unaudited_starts_total") == 6
     assert value("shieldaudit_watched_containers") == 9
 
 
@@ -92,6 +98,16 @@ def test_listener_state_read_at_scrape_time():
     state[:] = [True, 3]
     assert registry.get_sample_value("shieldaudit_listener_connected") == 1
     assert registry.get_sample_value("shieldaudit_listener_reconnects_total") == 3
+
+
+def test_hooks_installed_read_at_scrape_time():
+    """The hooks gauge follows the manifest check on every scrape (0 without a check)."""
+    state = [False]
+    registry = CollectorRegistry()
+    SidecarMetrics(registry, hooks_check=lambda: (state[0], "why"))
+    assert registry.get_sample_value("shieldaudit_hooks_installed") == 0
+    state[0] = True
+    assert registry.get_sample_value("shieldaudit_hooks_installed") == 1
 
 
 def test_series_of_is_bounded():

@@ -26,6 +26,7 @@ def test_defaults_when_nothing_is_set(tmp_path):
     assert loaded.key_file is None
     assert loaded.fail_closed is False
     assert (loaded.metrics_addr, loaded.metrics_port) == ("127.0.0.1", 9469)
+    assert loaded.unaudited_grace == 5.0
 
 
 def test_precedence_option_over_env_over_file(tmp_path):
@@ -81,6 +82,10 @@ def test_config_file_from_environment(tmp_path):
         ({"SHIELDAUDIT_KEEP_SEGMENTS": "100001"}, "keep_segments", "SHIELDAUDIT_KEEP_SEGMENTS"),
         ({"SHIELDAUDIT_POLL_INTERVAL": "inf"}, "poll_interval", "SHIELDAUDIT_POLL_INTERVAL"),
         ({"SHIELDAUDIT_POLL_INTERVAL": "3601"}, "poll_interval", "SHIELDAUDIT_POLL_INTERVAL"),
+        ({"SHIELDAUDIT_UNAUDITED_GRACE": "-1"}, "unaudited_grace", "SHIELDAUDIT_UNAUDITED_GRACE"),
+        ({"SHIELDAUDIT_UNAUDITED_GRACE": "5s"}, "unaudited_grace", "SHIELDAUDIT_UNAUDITED_GRACE"),
+        ({"SHIELDAUDIT_UNAUDITED_GRACE": "nan"}, "unaudited_grace", "SHIELDAUDIT_UNAUDITED_GRACE"),
+        ({"SHIELDAUDIT_UNAUDITED_GRACE": "7200"}, "unaudited_grace", "SHIELDAUDIT_UNAUDITED_GRACE"),
     ],
 )
 def test_bad_value_is_one_error_naming_setting_and_source(tmp_path, env, setting, source):

@@ -70,6 +70,7 @@ def install_hooks_command(  # noqa: PLR0917 -- click passes one argument per opt
     if uninstall:
         for path in hooksd.uninstall(hooks_dir):
             click.echo(f"removed {path}")
+        _record(ctx, hooks_dir, [])
         return
     if choice is not None:
         _check_writable(choice)
@@ -88,6 +89,7 @@ def install_hooks_command(  # noqa: PLR0917 -- click passes one argument per opt
         for stage in (stages or hooksd.DEFAULT_STAGES)
     }
     written, removed = hooksd.install(hooks_dir, docs)
+    _record(ctx, hooks_dir, written)
     for path in written:
         click.echo(f"installed {path}")
     for path in removed:
@@ -114,3 +116,12 @@ def _check_writable(choice: hooksdir.HooksDirChoice) -> None:
         "hooks_dir in ~/.config/containers/containers.conf and run it again, "
         "or pass --hooks-dir DIR",
     )
+
+
+def _record(ctx: click.Context, hooks_dir: Path, written: list[Path]) -> None:
+    """Note what this root's hooks.d files are, for ``shieldaudit_hooks_installed``."""
+    from shieldaudit import hookmanifest  # noqa: PLC0415 -- only when installing
+
+    root = app(ctx).settings().root
+    if written or hookmanifest.manifest_path(root).exists():
+        hookmanifest.record(root, hooks_dir, written)

@@ -34,6 +34,12 @@ def listener_factory(settings: Settings, keys: KeyRing) -> ListenerHandle:
     default=None,
     help="Seconds between polls when inotify is unavailable or its watch limit is hit.",
 )
+@click.option(
+    "--unaudited-grace",
+    default=None,
+    help="Seconds a container start may wait for its hook entries before it counts as "
+    "unaudited (default 5).",
+)
 @click.pass_context
 def sidecar_command(  # noqa: PLR0917 -- click passes one argument per option
     ctx: click.Context,
@@ -43,6 +49,7 @@ def sidecar_command(  # noqa: PLR0917 -- click passes one argument per option
     emit: bool,
     from_end: bool,
     poll_interval: str | None,
+    unaudited_grace: str | None,
 ) -> None:
     """Watch every trail, count entries exactly once, serve Prometheus metrics.
 
@@ -58,7 +65,10 @@ def sidecar_command(  # noqa: PLR0917 -- click passes one argument per option
 
     context = app(ctx)
     settings = context.settings(
-        metrics_addr=metrics_addr, metrics_port=metrics_port, poll_interval=poll_interval
+        metrics_addr=metrics_addr,
+        metrics_port=metrics_port,
+        poll_interval=poll_interval,
+        unaudited_grace=unaudited_grace,
     )
     keys = context.keys()
     logging.basicConfig(
@@ -73,5 +83,6 @@ def sidecar_command(  # noqa: PLR0917 -- click passes one argument per option
         poll_interval=settings.poll_interval,
         keys=keys,
         listener=None if no_listen else (lambda: listener_factory(settings, keys)),
+        grace=settings.unaudited_grace,
     )
     run_until_signalled(sidecar)

@@ -5,7 +5,7 @@ It is a directory, ``<root>/state/sidecar-checkpoint/``, of 16 shard files
 ``hook.json``::
 
     {"version": 1, "containers": {"<id>": [last_seq, last_mac, segment, inode, offset,
-                                           rotated, skipping]}}
+                                           rotated, skipping, ledger]}}
     {"version": 1, "hook_errors": [inode, offset]}
 
 ``last_seq``/``last_mac`` identify the last entry counted; they are the truth.
@@ -13,6 +13,10 @@ It is a directory, ``<root>/state/sidecar-checkpoint/``, of 16 shard files
 a hint of where that entry ended, validated against the chain on restart.
 ``rotated`` is the highest sealed segment number already counted in
 ``shieldaudit_rotations_total``; ``skipping`` marks an oversized line being skipped.
+``ledger`` is the container's reconciliation state
+(:class:`~shieldaudit.watch.reconcile.Ledger`: last judged start, hook entries
+and start events waiting), saved with the position it belongs to; records
+written before it existed have seven fields and load without one.
 
 Why shards: a save rewrites only the shards whose containers moved, so a
 trickle of entries on a host with 10,000 trails rewrites ~1/16 of the records,
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from shieldaudit.store import layout
+from shieldaudit.watch.reconcile import Ledger
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -40,6 +45,7 @@ HOOK_SHARD: Final = "hook"
 SHARDS: Final = (*"0123456789abcdef", HOOK_SHARD)
 VERSION: Final = 1
 _FIELDS: Final = 7
+_FIELDS_WITH_LEDGER: Final = 8
 
 
 @dataclass(slots=True)
@@ -53,34 +59,40 @@ class Mark:
     offset: int = 0
     rotated: int = 0
     skipping: bool = False
+    audit: Ledger | None = None
 
     def to_json(self) -> str:
         """Return the record as compact JSON text."""
-        return json.dumps(
-            [
-                self.last_seq,
-                self.last_mac,
-                self.segment,
-                self.inode,
-                self.offset,
-                self.rotated,
-                self.skipping,
-            ],
-            separators=(",", ":"),
-        )
+        record: list[object] = [
+            self.last_seq,
+            self.last_mac,
+            self.segment,
+            self.inode,
+            self.offset,
+            self.rotated,
+            self.skipping,
+        ]
+        if self.audit is not None:
+            record.append(self.audit.to_json())
+        return json.dumps(record, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, value: object) -> Mark | None:
         """Rebuild a record; None when it is not one this version wrote."""
-        if not isinstance(value, list) or len(value) != _FIELDS:
+        if not isinstance(value, list) or len(value) not in {_FIELDS, _FIELDS_WITH_LEDGER}:
             return None
-        seq, mac, segment, inode, offset, rotated, skipping = value
+        seq, mac, segment, inode, offset, rotated, skipping = value[:_FIELDS]
         ints = (seq, segment, inode, offset, rotated)
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
             return None
         if not isinstance(mac, str) or not isinstance(skipping, bool):
             return None
-        return cls(seq, mac, segment, inode, offset, rotated, skipping)
+        ledger = None
+        if len(value) == _FIELDS_WITH_LEDGER:
+            ledger = Ledger.from_json(value[_FIELDS])
+            if ledger is None:
+                return None
+        return cls(seq, mac, segment, inode, offset, rotated, skipping, ledger)
 
 
 def checkpoint_path(root: Path) -> Path:

@@ -31,6 +31,7 @@ from shieldaudit.watch.anchor import (
     segment_file,
 )
 from shieldaudit.watch.macs import MacChecker
+from shieldaudit.watch.reconcile import WATCHED, Ledger
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -70,6 +71,7 @@ class Tail:
         emit: Callable[[dict[str, object]], None] | None = None,
         keys: KeyRing | None = NO_KEYS,
         trusted: bool = False,
+        audit_floor: int = 0,
     ) -> None:
         """Continue from ``mark``; an untrusted mark is validated before use.
 
@@ -82,8 +84,12 @@ class Tail:
                 none; a keyed entry whose key is missing is not checked); None
                 checks links only.
             trusted: the mark was reached by this process, so it needs no check.
+            audit_floor: for a mark without a reconciliation ledger, the time (µs)
+                up to which the trail's hook entries were not seen.
         """
         self.container_id = container_id
+        if mark.audit is None:
+            mark.audit = Ledger(floor=audit_floor)
         self.mark = mark
         self._tally = tally
         self._emit = emit
@@ -276,6 +282,8 @@ class Tail:
         events = tally.events
         emit = self._emit
         macs = self._macs
+        ledger = m.audit
+        assert ledger is not None  # noqa: S101 -- set by __init__
         decode = _DECODER.raw_decode
         find = data.find
         base = m.offset
@@ -309,6 +317,8 @@ class Tail:
             m.last_mac = mac
             key = (entry.get("source"), entry.get("action"))
             events[key] = events.get(key, 0) + 1
+            if key in WATCHED:
+                ledger.observe(key, entry.get("ts"), seq, entry.get("container"))
             if emit is not None:
                 emit(entry)
             pos = nl + 1

@@ -82,6 +82,7 @@ class Tally:
     parse_errors: int = 0
     integrity_failures: int = 0
     hook_errors: int = 0
+    unaudited_starts: int = 0
 
     def empty(self) -> bool:
         """Return whether there is nothing to publish."""
@@ -91,6 +92,7 @@ class Tally:
             or self.parse_errors
             or self.integrity_failures
             or self.hook_errors
+            or self.unaudited_starts
         )
 
     def take(self) -> Tally:
@@ -101,7 +103,9 @@ class Tally:
             self.parse_errors,
             self.integrity_failures,
             self.hook_errors,
+            self.unaudited_starts,
         )
         self.events = {}
         self.rotations = self.parse_errors = self.integrity_failures = self.hook_errors = 0
+        self.unaudited_starts = 0
         return taken

@@ -8,12 +8,16 @@ unavailable, or ``fs.inotify.max_user_watches`` is reached, the trails that
 could not be watched are polled every ``poll_interval`` seconds instead.
 
 Counts are published to the metrics only after the checkpoint that covers them
-is on disk (see :mod:`shieldaudit.watch.tally`).
+is on disk (see :mod:`shieldaudit.watch.tally`). That includes unaudited starts:
+each trail's reconciliation ledger (:mod:`shieldaudit.watch.reconcile`) is fed
+by the entries as they are read and judged once a start is ``grace`` seconds
+old, and the ledger is saved in the same checkpoint record as the position.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import os
 import selectors
@@ -36,6 +40,7 @@ from shieldaudit.watch.checkpoint import (
     shard_of,
 )
 from shieldaudit.watch.hookerrors import HookErrorsTail
+from shieldaudit.watch.reconcile import DEFAULT_GRACE_S
 from shieldaudit.watch.tailer import Tail
 from shieldaudit.watch.tally import Tally
 from shieldaudit.watch.watches import Watches
@@ -70,6 +75,8 @@ class Watcher:
         keys: KeyRing | None = NO_KEYS,
         inotify_factory: Callable[[], inotify.Inotify] = inotify.Inotify,
         clock: Callable[[], float] = time.monotonic,
+        grace: float = DEFAULT_GRACE_S,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         """Open the root (created 0700 when missing) and load the checkpoint.
 
@@ -84,6 +91,8 @@ class Watcher:
             keys: keys to recompute each entry's mac with (None: check links only).
             inotify_factory: creates the inotify instance (tests inject failures).
             clock: monotonic seconds.
+            grace: seconds a start event waits for its hook entries before it is judged.
+            wall: the wall clock (seconds since the epoch), which entry times use.
         """
         self.root = root
         self._publish = publish
@@ -93,6 +102,10 @@ class Watcher:
         self._from_end = from_end
         self._poll_interval = poll_interval
         self._clock = clock
+        self._wall = wall
+        self._grace_us = round(grace * 1_000_000)
+        self._due: list[tuple[int, str]] = []  # (when µs, container): starts to judge
+        self._scheduled: dict[str, int] = {}
         self.ready = threading.Event()
         self._tallies = {shard: Tally() for shard in SHARDS}
         self._root_fd = layout.open_root(root, create=True)
@@ -199,6 +212,7 @@ class Watcher:
                         self._handle_events()
                 self._maybe_poll()
                 self.process(stop)
+                self._judge_due()
                 self._maybe_commit(force=False)
         finally:
             selector.close()
@@ -213,6 +227,8 @@ class Watcher:
             waits.append(self._last_commit + self._commit_gap() - now)
         if self._poll_all or self._polled:
             waits.append(self._last_poll + self._poll_interval - now)
+        if self._due:
+            waits.append((self._due[0][0] - self._now_us()) / 1_000_000)
         return max(0.0, min(waits))
 
     # -- discovery ----------------------------------------------------------------
@@ -244,7 +260,15 @@ class Watcher:
         self._watch(cid)
         saved = self._saved_marks.pop(cid, None)
         if saved is not None:
-            tail = Tail(cid, saved, self._tallies[shard_of(cid)], emit=self._emit, keys=self._keys)
+            # A record saved before reconciliation existed: what came before it is unseen.
+            tail = Tail(
+                cid,
+                saved,
+                self._tallies[shard_of(cid)],
+                emit=self._emit,
+                keys=self._keys,
+                audit_floor=self._now_us(),
+            )
         elif at_start and self._from_end:
             try:
                 dir_fd = self._open_dir(cid)
@@ -261,6 +285,7 @@ class Watcher:
                 emit=self._emit,
                 keys=self._keys,
                 trusted=True,
+                audit_floor=self._now_us(),  # history skipped
             )
             self._unsaved.add(cid)
         else:
@@ -285,6 +310,7 @@ class Watcher:
         self._unsaved.discard(cid)
         self._polled.discard(cid)
         self._warned.discard(cid)
+        self._scheduled.pop(cid, None)
         self._checkpoint.forget(cid)
         if self._watches is not None:
             self._watches.remove(cid)
@@ -393,6 +419,59 @@ class Watcher:
             self._unsaved.add(cid)
         if more:
             self._dirty.add(cid)
+        else:
+            self._schedule(cid, tail)
+
+    # -- reconciliation -----------------------------------------------------------
+
+    def _now_us(self) -> int:
+        return round(self._wall() * 1_000_000)
+
+    def _schedule(self, cid: str, tail: Tail) -> None:
+        """Judge the trail's due starts now; remember when the next one is due."""
+        ledger = tail.mark.audit
+        if ledger is None or not ledger.pending:
+            return
+        due = ledger.next_due(self._grace_us)
+        if due is not None and due <= self._now_us():
+            self._judge(cid, tail)
+            due = ledger.next_due(self._grace_us)
+        if due is not None and due < self._scheduled.get(cid, due + 1):
+            self._scheduled[cid] = due
+            heapq.heappush(self._due, (due, cid))
+
+    def _judge_due(self) -> None:
+        """Judge the starts whose grace period is over, on trails read to their end."""
+        now = self._now_us()
+        while self._due and self._due[0][0] <= now:
+            when, cid = heapq.heappop(self._due)
+            if self._scheduled.get(cid) != when:
+                continue  # superseded by an earlier schedule
+            del self._scheduled[cid]
+            tail = self._tails.get(cid)
+            if tail is not None and cid not in self._dirty:  # else judged after its read
+                self._schedule(cid, tail)
+
+    def _judge(self, cid: str, tail: Tail) -> None:
+        ledger = tail.mark.audit
+        assert ledger is not None  # noqa: S101 -- every Tail has one
+        verdicts = ledger.judge(self._now_us(), self._grace_us)
+        if not verdicts:
+            return
+        self._unsaved.add(cid)  # the ledger is part of the checkpoint record
+        tally = self._tallies[shard_of(cid)]
+        for verdict in verdicts:
+            if verdict.unaudited:
+                tally.unaudited_starts += 1
+                log.warning(
+                    "unaudited start: container %s (%s) started at %s without hook entries (%s)",
+                    cid[:12],
+                    verdict.container or "-",
+                    verdict.watch_event(cid)["ts"],
+                    ", ".join(verdict.missing),
+                )
+                if self._emit is not None:
+                    self._emit(verdict.watch_event(cid))
 
     def _warn_once(self, cid: str, message: str) -> None:
         if cid not in self._warned:
