@@ -67,6 +67,11 @@ class Trails:
         except FileNotFoundError:
             self.fd = -1
 
+    def check_state(self) -> None:
+        """Refuse a ``state/`` (or its ``locks/``, ``torn/``) that writers would refuse."""
+        if self.root_fd >= 0:
+            layout.check_state(self.root_fd, self.root)
+
     def reopen(self) -> bool:
         """Try again to open a root or ``containers/`` that did not exist; return whether open."""
         if self.fd < 0:

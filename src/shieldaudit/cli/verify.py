@@ -38,11 +38,11 @@ def verify_command(ctx: click.Context, *, container: str | None, as_json: bool) 
     settings = context.settings()
     keys = context.keys()
     root = settings.root
+    with Trails(root) as trails:
+        trails.check_state()  # writers refuse a loose state/: say so here too
+        ids = [] if container else trails.ids()
     if container:
         ids = [resolve_container(root, container)]
-    else:
-        with Trails(root) as trails:
-            ids = trails.ids()
     reports: list[Report] = []
     for container_id in ids:
         report = _verify_one(

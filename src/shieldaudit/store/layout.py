@@ -250,6 +250,26 @@ def open_regular(
     return fd
 
 
+def check_state(root_fd: int, root: Path) -> None:
+    """Check ``state/`` and its ``locks/`` and ``torn/`` as :func:`open_subdir` does, if present.
+
+    Readers call it to report what writers would refuse: whoever can change
+    ``state/`` can remove the locks that keep writers from interleaving.
+    """
+    try:
+        state_fd = open_subdir(root_fd, STATE_DIR, root / STATE_DIR, create=False)
+    except FileNotFoundError:
+        return
+    try:
+        for name in (LOCKS_DIR, TORN_DIR):
+            try:
+                os.close(open_subdir(state_fd, name, root / STATE_DIR / name, create=False))
+            except FileNotFoundError:
+                continue
+    finally:
+        os.close(state_fd)
+
+
 def list_segment_numbers(dir_fd: int) -> list[int]:
     """Return the sealed segment numbers present in a trail directory, ascending."""
     numbers = []

@@ -274,6 +274,9 @@ class Watcher:
                 dir_fd = self._open_dir(cid)
             except OSError:
                 return
+            except ShieldAuditError as exc:  # unsafe (a symlink, someone else's directory)
+                self._warn_once(cid, f"cannot open trail {cid[:12]}: {exc}")
+                return
             try:
                 mark = mark_at_end(dir_fd)
             finally:
