@@ -1,13 +1,14 @@
-"""``shieldaudit-hook STAGE [--fail-closed]``: the OCI hook, one ``source=hook`` entry per call.
+"""The hook's Python reference path: ``python -I -B -m shieldaudit.hook STAGE [--fail-closed]``.
 
-It runs synchronously on every container's start path, often with an empty
-environment (Podman runs ``poststop`` with no PATH or HOME), so:
+The runtime runs the native ``shieldaudit-hook`` executable (``native/``). It
+does the common append itself, byte for byte what :class:`TrailWriter` writes,
+and hands every other case (a torn tail, a rotation, retention, a key-file
+problem, an unsafe path, input it does not handle) to this module by
+``exec``-ing ``$SHIELDAUDIT_HOOK_PYTHON -I -B -m shieldaudit.hook`` with the
+same arguments, environment and stdin bytes. This module is therefore the
+reference: one entry per call through :class:`TrailWriter`, with the same
+results and failure handling:
 
-* it imports only the standard library's cheapest modules and the project's
-  lean ones (:mod:`~shieldaudit.ocistate`, :mod:`~shieldaudit.hooksettings`,
-  :mod:`~shieldaudit.hookstore`, :mod:`~shieldaudit.hookchain`,
-  :mod:`~shieldaudit.leanjson`); the reference writer and the full settings
-  loader are imported only for the unusual cases (see ``hookstore``);
 * it never hangs: stdin is read up to 1 MiB, the lock wait is bounded (2 s);
 * every failure is one line on stderr plus one line in
   ``<root>/state/hook-errors.jsonl`` (counted by the sidecar as
@@ -19,29 +20,42 @@ An unknown STAGE is refused (recorded as a failure): the action vocabulary,
 and with it the sidecar's metric labels, stays the six OCI stages.
 """
 
-# pathlib costs the hook ~2 ms per container start; os.path is free.
-# ruff: noqa: PTH100, PTH120
-
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import json
 import os
+import stat
 import sys
 import time
+from typing import TYPE_CHECKING, Final
 
-from shieldaudit import hooksettings, hookstore, leanjson, ocistate
+from shieldaudit import ocistate
 from shieldaudit.errors import InvalidContainerIdError, ShieldAuditError, UsageError
+from shieldaudit.settings import env_fail_closed, load_store_settings
+from shieldaudit.store import layout
+from shieldaudit.store.writer import TrailWriter
+from shieldaudit.timefmt import format_ns
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
-MAX_STATE_BYTES = 1024 * 1024
-MAX_CONFIG_BYTES = 1024 * 1024
-MAX_STORAGE_BYTES = 16 * 1024 * 1024
+MAX_STATE_BYTES: Final = 1024 * 1024
+MAX_CONFIG_BYTES: Final = 1024 * 1024
+MAX_STORAGE_BYTES: Final = 16 * 1024 * 1024
 #: How much of containers.json one record may span when decoded on its own.
-RECORD_WINDOW_BYTES = 256 * 1024
-MAX_ERROR_CHARS = 1000
-USAGE = "usage: shieldaudit-hook STAGE [--fail-closed] < state.json  (or: --check)"
+RECORD_WINDOW_BYTES: Final = 256 * 1024
+MAX_ERROR_CHARS: Final = 1000
+#: The failure log and its one previous generation (see :func:`record_error`).
+HOOK_ERRORS: Final = layout.HOOK_ERRORS_FILE
+HOOK_ERRORS_OLD: Final = "hook-errors.1.jsonl"
+HOOK_ERRORS_MAX_BYTES = 1024 * 1024  # not Final: tests shrink it
+ERRORS_LOCK_TIMEOUT_S: Final = 0.2
+USAGE: Final = "usage: shieldaudit-hook STAGE [--fail-closed] < state.json  (or: --check)"
+_FILE_FLAGS: Final = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def read_bounded(fd: int, limit: int, what: str) -> bytes:
@@ -69,12 +83,12 @@ def read_stdin(fd: int) -> bytes:
 def read_file(path: str, limit: int) -> bytes | None:
     """Return a regular file's bytes, or None when absent, unreadable, special or over ``limit``."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | _FILE_FLAGS)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
-        if (st.st_mode & 0o170000) != 0o100000 or st.st_size > limit:
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
             return None
         os.set_blocking(fd, True)
         return read_bounded(fd, limit, path)
@@ -95,10 +109,8 @@ def gather(state: ocistate.OciState) -> tuple[ocistate.ContainerInfo, ocistate.C
         return bundle, storage
     data = read_file(state.bundle.rstrip("/") + "/config.json", MAX_CONFIG_BYTES)
     if data is not None:
-        try:  # noqa: SIM105 -- contextlib is too heavy an import for the hook
+        with contextlib.suppress(UsageError):  # malformed: learn nothing from it
             bundle = ocistate.bundle_info(ocistate.parse_json_object(data, "config.json"))
-        except UsageError:
-            pass  # malformed: learn nothing from it
     meta_path = ocistate.storage_metadata_path(state.bundle, state.container_id)
     if meta_path is not None:
         data = read_file(meta_path, MAX_STORAGE_BYTES)
@@ -122,78 +134,68 @@ def storage_record(data: bytes, container_id: str) -> ocistate.ContainerInfo:
     if start >= 0 and not data[start + 1 : at].strip():
         window = data[start : start + RECORD_WINDOW_BYTES].decode("utf-8", "replace")
         try:
-            record = leanjson.decode_at(window, 0)
+            record = ocistate.decode_prefix(window)
         except ValueError:
             record = None
         if isinstance(record, dict) and record.get("id") == container_id:
             return ocistate.storage_info([record], container_id)
     try:
-        containers = leanjson.loads(data.decode("utf-8"))
-    except ValueError:
+        containers = ocistate.loads(data.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError included
         return ocistate.ContainerInfo()
     return ocistate.storage_info(containers, container_id)
 
 
-def is_repeat(stage: str) -> Callable[[Mapping[str, object]], bool] | None:
+def repeated_poststop(stage: str) -> Callable[[Iterable[Mapping[str, object]]], bool] | None:
     """Return the check that makes a stage idempotent, if it needs one.
 
     Podman can run ``poststop`` twice for one stop (once from ``podman stop``,
-    once from conmon's cleanup). Two poststops in a row with nothing between
-    them can only be that, so the second one is not written.
+    once from conmon's cleanup). The check looks at the trail's last *hook*
+    entry (entries newest first, through the sealed segments if need be): when
+    that is already a poststop, nothing of the hook's ran since, so this one is
+    the repeat and is not written. Entries of other sources (the listener's
+    ``died``, say) in between do not matter.
     """
     if stage != "poststop":
         return None
-    return lambda last: last.get("source") == "hook" and last.get("action") == "poststop"
+
+    def check(newest_first: Iterable[Mapping[str, object]]) -> bool:
+        for entry in newest_first:
+            if entry.get("source") == "hook":
+                return entry.get("action") == "poststop"
+        return False
+
+    return check
 
 
 def append_entry(
     environ: Mapping[str, str],
     container_id: str,
     fields: Mapping[str, object],
-    skip: Callable[[Mapping[str, object]], bool] | None,
+    skip: Callable[[Iterable[Mapping[str, object]]], bool] | None,
     clock: Callable[[], int],
 ) -> None:
-    """Append through the fast path, else through the reference TrailWriter."""
-    lean = hooksettings.lean_settings(environ)
-    if lean is not None:
-        try:
-            hookstore.append(lean, container_id, fields, clock=clock, skip=skip)
-        except hookstore.Unusual:
-            pass
-        else:
-            return
-    # The unusual cases: worth their imports, rare by construction.
-    from shieldaudit.settings import load_store_settings  # noqa: PLC0415
-    from shieldaudit.store.writer import TrailWriter  # noqa: PLC0415
-
+    """Append through the reference writer (unless ``skip`` says the entry is a repeat)."""
     with TrailWriter(load_store_settings(environ), clock=clock) as writer:
-        writer.append(container_id, fields)
+        writer.append_unless(container_id, fields, skip)
 
 
 def error_root(environ: Mapping[str, str]) -> str | None:
     """Return the root to record a failure under, even when the settings do not load."""
-    lean = hooksettings.lean_settings(environ)
-    if lean is not None:
-        return lean.root
     root = environ.get("SHIELDAUDIT_ROOT", "").strip()
     if root.startswith("/"):
         return root
     try:
-        from shieldaudit.settings import load_store_settings  # noqa: PLC0415
-
         return str(load_store_settings(environ).root)
     except (ShieldAuditError, OSError, RuntimeError, KeyError):  # no HOME, no passwd entry
         return None
 
 
 def self_check() -> str:
-    """Import everything any hook run may need; return a one-line description."""
-    import shieldaudit.settings  # noqa: PLC0415
-    import shieldaudit.store.writer  # noqa: F401, PLC0415
-
-    here = os.path.dirname(os.path.abspath(__file__))
+    """Describe the reference path in one line (everything it needs is imported by now)."""
+    here = os.path.dirname(os.path.abspath(__file__))  # noqa: PTH100, PTH120
     version = ".".join(map(str, sys.version_info[:3]))
-    return f"shieldaudit-hook: ok (python {version}, package {here})"
+    return f"shieldaudit-hook: ok (python reference {version} {sys.executable}, package {here})"
 
 
 def run(  # noqa: C901 -- argument parsing and the one place failures are caught
@@ -234,7 +236,7 @@ def run(  # noqa: C901 -- argument parsing and the one place failures are caught
             )
         bundle, storage = gather(state)
         fields = ocistate.entry_fields(stage, state, bundle, storage)
-        append_entry(environ, container_id, fields, is_repeat(stage), clock)
+        append_entry(environ, container_id, fields, repeated_poststop(stage), clock)
     except InvalidContainerIdError as exc:
         return fail(exc.message, environ, stage, exc.value, flag_closed=flag_closed, clock=clock)
     except ShieldAuditError as exc:
@@ -259,7 +261,7 @@ def fail(
     root = error_root(environ)
     fsync = environ.get("SHIELDAUDIT_FSYNC", "always").strip().lower() != "never"
     why_not = (
-        hookstore.record_error(
+        record_error(
             root,
             ocistate.clip(stage, 64),
             ocistate.clip(container_id, 80),
@@ -270,15 +272,137 @@ def fail(
         if root is not None
         else "no usable root"
     )
-    closed = flag_closed or hooksettings.env_fail_closed(environ)
+    closed = flag_closed or env_fail_closed(environ)
     suffix = f" [failure not recorded: {why_not}]" if why_not else ""
     verdict = "container refused (fail-closed)" if closed else "container allowed (fail-open)"
     print(f"shieldaudit-hook {stage or '?'}: {message}; {verdict}{suffix}", file=sys.stderr)
     return 1 if closed else 0
 
 
+class _NotRegularError(Exception):
+    """A name in the state directory that is not a plain file or directory."""
+
+
+def _subdir(parent_fd: int, name: str) -> int:
+    with contextlib.suppress(FileExistsError):  # the usual case: it is there already
+        os.mkdir(name, layout.DIR_MODE, dir_fd=parent_fd)
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno in {errno.ENOTDIR, errno.ELOOP}:  # a file or a symlink
+            raise _NotRegularError from None
+        raise
+
+
+def _open_log(state_fd: int) -> int:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _FILE_FLAGS
+    try:
+        fd = os.open(HOOK_ERRORS, flags, layout.FILE_MODE, dir_fd=state_fd)
+    except OSError as exc:
+        if exc.errno in {errno.ELOOP, errno.ENXIO}:  # a symlink, a FIFO without a reader
+            raise _NotRegularError from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _NotRegularError
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _rotate_errors(state_fd: int, out: int) -> int:
+    """Move a full error log to ``hook-errors.1.jsonl`` (replacing it); return the new log's fd.
+
+    Under an exclusive ``flock`` of the full file, so of several failing hooks
+    exactly one rotates and the others reopen the new file. If the lock is busy
+    past a short bound, the line simply goes into the full file.
+    """
+    deadline = time.monotonic() + ERRORS_LOCK_TIMEOUT_S
+    while True:
+        try:
+            fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return out
+            time.sleep(0.002)
+    try:
+        mine = os.fstat(out)
+        try:
+            named = os.stat(HOOK_ERRORS, dir_fd=state_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            named = None
+        if named is not None and named.st_ino == mine.st_ino:
+            if mine.st_size < HOOK_ERRORS_MAX_BYTES:
+                return out  # another hook rotated and this is already the new file
+            os.rename(HOOK_ERRORS, HOOK_ERRORS_OLD, src_dir_fd=state_fd, dst_dir_fd=state_fd)
+    except BaseException:
+        os.close(out)
+        raise
+    os.close(out)  # releases the lock; the full file is now HOOK_ERRORS_OLD
+    return _open_log(state_fd)
+
+
+def record_error(
+    root: str,
+    stage: str,
+    container_id: str,
+    error: str,
+    *,
+    clock: Callable[[], int] = time.time_ns,
+    sync: bool = True,
+) -> str | None:
+    """Append one failure to ``<root>/state/hook-errors.jsonl``; return why not, or None.
+
+    The sidecar counts these lines as ``shieldaudit_hook_errors_total``. A root
+    that is not a safe directory (group/world-writable, a file) is not written:
+    anything there could have been swapped by another user. The log is kept
+    bounded: at :data:`HOOK_ERRORS_MAX_BYTES` it becomes ``hook-errors.1.jsonl``
+    (replacing the previous one), which the sidecar drains before the new file.
+    """
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        try:
+            os.makedirs(root, mode=layout.DIR_MODE, exist_ok=True)  # noqa: PTH103 -- root is a str
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            return f"cannot create root {root}: {exc.strerror or exc}"
+    except OSError as exc:
+        return f"cannot open root {root}: {exc.strerror or exc}"
+    try:
+        if os.fstat(fd).st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return f"root {root} is writable by group or others"
+        record = {
+            "ts": format_ns(clock()),
+            "stage": stage,
+            "container_id": container_id,
+            "error": error,
+        }
+        line = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+        state_fd = _subdir(fd, layout.STATE_DIR)
+        try:
+            out = _open_log(state_fd)
+            if os.fstat(out).st_size >= HOOK_ERRORS_MAX_BYTES:
+                out = _rotate_errors(state_fd, out)
+        finally:
+            os.close(state_fd)
+        try:
+            os.write(out, line.encode("ascii") + b"\n")
+            if sync:
+                os.fdatasync(out)
+        finally:
+            os.close(out)
+    except _NotRegularError:
+        return f"{root}/state/hook-errors.jsonl is not a regular file in a directory"
+    except OSError as exc:
+        return f"cannot write {root}/state/hook-errors.jsonl: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
+    return None
+
+
 def main() -> None:
-    """Entry point of the ``shieldaudit-hook`` script and of ``_hookmain``."""
+    """Run the reference hook with this process's arguments and environment."""
     sys.exit(run(sys.argv[1:], os.environ))
 
 

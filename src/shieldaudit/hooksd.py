@@ -4,7 +4,8 @@ The files follow the ``1.0.0`` schema of containers/common's
 ``oci-hooks(5)``. Podman 4.3 skips a file whose JSON is broken or whose
 ``path`` is missing, and the containers then run *unaudited*; newer Podman
 instead fails every ``podman run``. So each file is validated before it is
-moved into place, the command it names is run once (``--check``), and a file
+moved into place, the native hook it names and the Python reference path
+it hands over to are run once (:func:`check_runnable`), and a file
 this module did not write (no :data:`MANAGED_MARK` in its ``env``) is never
 overwritten or removed.
 """
@@ -15,12 +16,15 @@ import errno
 import json
 import os
 import re
+import secrets
+import shutil
 import subprocess
 import sys
+import sysconfig
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-import shieldaudit
 from shieldaudit.errors import StorageError, UsageError
 from shieldaudit.ocistate import STAGES
 
@@ -37,6 +41,13 @@ MANAGED_MARK: Final = "SHIELDAUDIT_MANAGED_BY=shieldaudit-install-hooks"
 FILE_PREFIX: Final = "shieldaudit-"
 CHECK_TIMEOUT_S: Final = 30
 MAX_HOOK_FILE_BYTES: Final = 64 * 1024
+#: The native hook's name: the executable hooks.d runs, and its argv[0].
+HOOK_NAME: Final = "shieldaudit-hook"
+#: The variable naming the interpreter of the Python reference path.
+PYTHON_ENV: Final = "SHIELDAUDIT_HOOK_PYTHON"
+#: How the Python reference path is started (the native hook uses the same flags).
+REFERENCE_ARGS: Final = ("-I", "-B", "-m", "shieldaudit.hook")
+_ELF_MAGIC: Final = b"\x7fELF"
 # Go's RE2 (which Podman uses) has no lookaround or backreferences.
 _NOT_RE2: Final = re.compile(r"\(\?<?[=!]|\(\?P=|\\[1-9]")
 
@@ -46,21 +57,39 @@ def file_name(stage: str) -> str:
     return f"{FILE_PREFIX}{stage}.json"
 
 
-def hook_command(python: str | None = None, script: str | None = None) -> list[str]:
-    """Return the argv prefix of the fastest way to run the hook (append the STAGE).
+def native_hook_path() -> str:
+    """Return the absolute path of this installation's native ``shieldaudit-hook``.
 
-    ``python -I -S <package>/_hookmain.py``: no site-packages processing, no
-    console-script wrapper, nothing read from the environment (see hook.py).
+    Found through the package's installed files (wherever pip put its scripts:
+    a venv, ``/usr/local/bin``, ``~/.local/bin``), else next to the interpreter.
+    The path is returned even when nothing is there; :func:`check_executable`
+    then says so.
     """
-    interpreter = python or os.path.realpath(sys.executable)
-    main = script or str(Path(shieldaudit.__file__).resolve().parent / "_hookmain.py")
-    return [interpreter, "-I", "-S", main]
+    candidates: list[str] = []
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution  # noqa: PLC0415
+
+        files = distribution("shieldaudit").files or []
+        candidates += [str(f.locate()) for f in files if f.name == HOOK_NAME]
+    except PackageNotFoundError:
+        pass
+    candidates.append(os.path.join(sysconfig.get_path("scripts"), HOOK_NAME))  # noqa: PTH118
+    candidates.append(os.path.join(os.path.dirname(sys.executable), HOOK_NAME))  # noqa: PTH118, PTH120
+    for candidate in candidates:
+        if os.path.isfile(candidate):  # noqa: PTH113
+            return os.path.abspath(candidate)  # noqa: PTH100
+    return os.path.abspath(candidates[0])  # noqa: PTH100
 
 
-def settings_env(settings: StoreSettings, *, fail_closed: bool = False) -> list[str]:
+def settings_env(
+    settings: StoreSettings, *, fail_closed: bool = False, python: str | None = None
+) -> list[str]:
     """Return the hook's environment: every store setting, so no config file is read.
 
     Podman runs ``poststop`` with an empty environment; this is all it gets.
+    ``SHIELDAUDIT_HOOK_PYTHON`` names the interpreter of the Python reference
+    path the native hook hands unusual cases to: this installation's own
+    (``sys.executable`` as started, not resolved, so a venv stays a venv).
     """
     return [
         f"SHIELDAUDIT_ROOT={settings.root}",
@@ -69,6 +98,7 @@ def settings_env(settings: StoreSettings, *, fail_closed: bool = False) -> list[
         f"SHIELDAUDIT_FSYNC={settings.fsync}",
         f"SHIELDAUDIT_KEY_FILE={settings.key_file or ''}",
         f"SHIELDAUDIT_FAIL_CLOSED={int(fail_closed or settings.fail_closed)}",
+        f"{PYTHON_ENV}={python or sys.executable}",
         MANAGED_MARK,
     ]
 
@@ -104,12 +134,14 @@ def annotation_when(spec: str) -> dict[str, object]:
 
 def build_hook(
     stage: str,
-    command: Sequence[str],
+    path: str,
     env: Sequence[str],
     annotation: str | None = None,
+    *,
+    fail_closed: bool = False,
     timeout: int = HOOK_TIMEOUT_S,
 ) -> dict[str, object]:
-    """Return the hooks.d document running ``command + [stage]`` at ``stage``."""
+    """Return the hooks.d document running ``path STAGE [--fail-closed]`` at ``stage``."""
     if stage not in STAGES:
         raise UsageError(f"unknown stage {stage!r}: expected one of {', '.join(STAGES)}")
     when: dict[str, object] = (
@@ -118,8 +150,8 @@ def build_hook(
     return {
         "version": HOOKS_VERSION,
         "hook": {
-            "path": command[0],
-            "args": [*command, stage],
+            "path": path,
+            "args": [HOOK_NAME, stage, *(["--fail-closed"] if fail_closed else [])],
             "env": list(env),
             "timeout": timeout,
         },
@@ -170,45 +202,116 @@ def validate(doc: Mapping[str, object], *, check_path: bool = True) -> None:  # 
 
 
 def check_executable(path: str) -> None:
-    """Raise UsageError unless ``path`` is an executable regular file."""
+    """Raise UsageError unless ``path`` is an executable regular file in native (ELF) format.
+
+    hooks.d runs a native executable, never a script: a script would bring back
+    an interpreter start on every container start (and its dependence on the
+    environment it finds).
+    """
     if not os.path.isfile(path):  # noqa: PTH113 -- follows symlinks, like the runtime
-        raise UsageError(f"hook executable {path} does not exist")
+        raise UsageError(
+            f"hook executable {path} does not exist: reinstall shieldaudit "
+            "(pip install builds the native hook; it needs cargo)",
+        )
     if not os.access(path, os.X_OK):
         raise UsageError(f"hook executable {path} is not executable")
+    try:
+        with open(path, "rb") as f:  # noqa: PTH123
+            magic = f.read(len(_ELF_MAGIC))
+    except OSError as exc:
+        raise UsageError(f"hook executable {path} cannot be read: {exc.strerror}") from None
+    if magic != _ELF_MAGIC:
+        raise UsageError(
+            f"hook executable {path} is not a native executable (a script?): hooks.d must run "
+            "the native shieldaudit-hook; reinstall shieldaudit (pip install builds it with cargo)",
+        )
 
 
-def check_runnable(doc: Mapping[str, object]) -> str:
-    """Run the hook's command with ``--check`` in the hook's own environment; return its output.
+def _hook_env(hook: Mapping[str, object]) -> dict[str, str]:
+    env = hook.get("env") or []
+    assert isinstance(env, list)  # noqa: S101 -- validate() checked it
+    return dict(str(item).split("=", 1) for item in env)
 
-    This proves the interpreter starts and imports every module a hook run may
-    need, with the environment the runtime will give it (nothing else).
 
-    Raises:
-        StorageError: the command failed; the message carries its output.
-    """
-    hook = doc["hook"]
-    assert isinstance(hook, dict)  # noqa: S101 -- validate() checked it
-    args = list(hook["args"])
-    argv = [hook["path"], *args[1:-1], "--check"]
-    env = dict(item.split("=", 1) for item in hook.get("env", []))
+def _run_check(argv: Sequence[str], env: Mapping[str, str], stdin: bytes, cwd: str) -> str:
     try:
         result = subprocess.run(
             argv,
-            env=env,
+            env=dict(env),
+            input=stdin,
+            cwd=cwd,
             capture_output=True,
-            text=True,
             timeout=CHECK_TIMEOUT_S,
             check=False,
-            stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise StorageError(f"cannot run the hook {argv[0]}: {exc}") from None
-    if result.returncode != 0:
-        output = " ".join((result.stderr or result.stdout).split())[-500:]
+    out = result.stdout.decode(errors="replace")
+    err = result.stderr.decode(errors="replace")
+    if result.returncode != 0 or err.strip():
+        output = " ".join((err or out).split())[-500:]
         raise StorageError(
             f"the hook command {' '.join(argv)} failed (exit {result.returncode}): {output}"
         )
-    return result.stdout.strip()
+    return out.strip()
+
+
+def check_runnable(doc: Mapping[str, object]) -> str:
+    """Run the native hook and the Python reference path as the runtime would; return their output.
+
+    Both run in the hook's own environment (nothing else) with ``--check``,
+    then each appends one entry for a synthetic state to a throwaway root (the
+    native hook first, the reference second, continuing its chain), and the
+    result must verify. Nothing is written anywhere else: the reference runs
+    with ``-B``, so no ``__pycache__`` appears next to the package.
+
+    Raises:
+        StorageError: a run failed or the throwaway trail is not what both
+            paths must write; the message carries the output.
+    """
+    hook = doc["hook"]
+    assert isinstance(hook, dict)  # noqa: S101 -- validate() checked it
+    env = _hook_env(hook)
+    python = env.get(PYTHON_ENV, "")
+    if not python.startswith("/"):
+        raise StorageError(f"the hook's environment must name {PYTHON_ENV}=<absolute python>")
+    native = [str(hook["path"])]
+    reference = [python, *REFERENCE_ARGS]
+    scratch = tempfile.mkdtemp(prefix="shieldaudit-check-")
+    try:
+        lines = [
+            _run_check([*native, "--check"], env, b"", scratch),
+            _run_check([*reference, "--check"], env, b"", scratch),
+        ]
+        root = os.path.join(scratch, "root")  # noqa: PTH118
+        check_env = {**env, "SHIELDAUDIT_ROOT": root}
+        container_id = secrets.token_hex(32)
+        state = json.dumps({"ociVersion": "1.0.2", "id": container_id, "status": "created"})
+        for argv in (native, reference):
+            _run_check([*argv, "poststart", "--fail-closed"], check_env, state.encode(), scratch)
+        lines.append(_check_trail(Path(root), container_id, env.get("SHIELDAUDIT_KEY_FILE")))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return "\n".join(line for line in lines if line)
+
+
+def _check_trail(root: Path, container_id: str, key_file: str | None) -> str:
+    from shieldaudit.store import chain  # noqa: PLC0415 -- only when installing
+    from shieldaudit.store.verify import verify_container  # noqa: PLC0415
+
+    keys = chain.load_keys(Path(key_file) if key_file else None)
+    trail = root / "containers" / container_id / "audit.jsonl"
+    try:
+        seqs = [json.loads(line).get("seq") for line in trail.read_bytes().splitlines()]
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"the hook check wrote no readable trail: {exc}") from None
+    result = verify_container(root, container_id, keys)
+    if seqs != [1, 2] or not result.ok:
+        raise StorageError(
+            f"the hook check's trail is wrong (seqs {seqs}, chain ok: {result.ok}): "
+            "the native hook and the Python reference disagree; reinstall shieldaudit",
+        )
+    return "shieldaudit-hook: native and reference paths wrote one valid chain"
 
 
 def read_document(path: Path) -> dict[str, object] | None:
@@ -282,8 +385,14 @@ def install(
                 "move it away first",
             )
     if check:
+        checked: set[str] = set()
         for doc in docs.values():
-            check_runnable(doc)
+            hook = doc["hook"]
+            assert isinstance(hook, dict)  # noqa: S101 -- validate() checked it
+            what = json.dumps([hook["path"], hook.get("env")])
+            if what not in checked:  # the stages differ only in their STAGE argument
+                check_runnable(doc)
+                checked.add(what)
     try:
         hooks_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         written = []

@@ -9,16 +9,18 @@ Inputs, all optional but the state itself:
   keeps the bundle at ``<graphroot>/<driver>-containers/<id>/userdata`` and the
   names and image of every container in ``containers.json`` two levels up.
 
-The stdlib-only, import-light style is deliberate: this runs on every container
-start (see :mod:`shieldaudit.leanjson`).
+JSON is decoded as ``json.loads(strict=False)`` does: a raw control character
+inside a string (whoever creates the container controls these files) is kept
+as it is, never a reason to lose the entry. The native hook reads them the same way.
 """
 
 from __future__ import annotations
 
-from shieldaudit import leanjson
+import json
+from typing import TYPE_CHECKING, Final
+
 from shieldaudit.errors import InvalidContainerIdError, UsageError
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -45,6 +47,27 @@ _SAFE_ARG = frozenset(
 # CRI-O passes the pod's view in annotations; Podman keeps it in storage metadata.
 _NAME_ANNOTATIONS = ("io.kubernetes.cri-o.ContainerName", "io.kubernetes.container.name")
 _IMAGE_ANNOTATIONS = ("io.kubernetes.cri-o.ImageName", "org.opencontainers.image.ref.name")
+_DECODER: Final = json.JSONDecoder(strict=False)
+
+
+def loads(text: str) -> object:
+    """Parse one JSON document, control characters in strings allowed; ValueError otherwise.
+
+    Deeply nested input raises ValueError too (not RecursionError).
+    """
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def decode_prefix(text: str) -> object:
+    """Parse the one JSON value at the start of ``text``, ignoring what follows it."""
+    try:
+        value, _end = _DECODER.raw_decode(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    return value
 
 
 class OciState:
@@ -104,7 +127,7 @@ def parse_json_object(data: bytes, what: str) -> dict[str, object]:
     if not data.strip():
         raise UsageError(f"{what} is empty")
     try:
-        value = leanjson.loads(data.decode("utf-8"))
+        value = loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise UsageError(f"{what} is not UTF-8 (byte {exc.start})") from None
     except ValueError as exc:
@@ -265,7 +288,7 @@ def _storage_record(record: Mapping[str, object]) -> ContainerInfo:
     metadata = record.get("metadata")
     if isinstance(metadata, str) and metadata:
         try:
-            meta = leanjson.loads(metadata)
+            meta = loads(metadata)
         except ValueError:
             meta = None
         if isinstance(meta, dict):

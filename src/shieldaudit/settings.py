@@ -1,8 +1,8 @@
 """Settings: the table of every setting, where values come from, and how each is parsed.
 
 Precedence (DESIGN §3): command-line option > environment > TOML file > default.
-This module is standard library only because the OCI hook loads its settings on
-every container start; :mod:`shieldaudit.config` wraps the same table in a
+This module is standard library only because the hook's Python reference path
+loads it; :mod:`shieldaudit.config` wraps the same table in a
 pydantic model for the CLI, so both parse every value with the same functions.
 """
 
@@ -118,6 +118,16 @@ def parse_bool(value: object) -> bool:
     if text in _FALSE:
         return False
     raise ValueError(f"expected true or false (1/0, yes/no), got {value!r}")
+
+
+def env_fail_closed(environ: Mapping[str, str]) -> bool:
+    """Return whether ``SHIELDAUDIT_FAIL_CLOSED`` asks for fail-closed.
+
+    Used when the settings themselves cannot be loaded (the hook's failure
+    path): a value that is set but not a recognised "false" counts as a request
+    to fail closed.
+    """
+    return environ.get("SHIELDAUDIT_FAIL_CLOSED", "").strip().lower() not in _FALSE
 
 
 def parse_path(value: object) -> Path:

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from shieldaudit import hookstore
+from shieldaudit import hook
 from shieldaudit.watch.hookerrors import HookErrorsTail
 
 CID = "c" * 64
@@ -15,13 +15,13 @@ CID = "c" * 64
 @pytest.fixture
 def small_log(monkeypatch):
     """Make the log rotate at 1 KiB (about five failure lines)."""
-    monkeypatch.setattr(hookstore, "HOOK_ERRORS_MAX_BYTES", 1024)
+    monkeypatch.setattr(hook, "HOOK_ERRORS_MAX_BYTES", 1024)
 
 
 def _record(root, count, start=0):
     for i in range(count):
         assert (
-            hookstore.record_error(str(root), "poststart", CID, f"failure {start + i}", sync=False)
+            hook.record_error(str(root), "poststart", CID, f"failure {start + i}", sync=False)
             is None
         )
 
@@ -92,7 +92,7 @@ def test_two_rotations_while_away_never_overcount(tmp_path):
 
 def test_concurrent_failing_hooks_rotate_once_and_lose_nothing(tmp_path, monkeypatch):
     """Eight threads recording at once across one rotation: every line is in one generation."""
-    monkeypatch.setattr(hookstore, "HOOK_ERRORS_MAX_BYTES", 3000)  # 24 lines cross it once
+    monkeypatch.setattr(hook, "HOOK_ERRORS_MAX_BYTES", 3000)  # 24 lines cross it once
     root = tmp_path / "root"
     per_thread = 3
     threads = [threading.Thread(target=_record, args=(root, per_thread, n * 100)) for n in range(8)]

@@ -13,7 +13,9 @@ import os
 import pytest
 
 from shieldaudit import hook
+from shieldaudit.settings import StoreSettings
 from shieldaudit.store import chain
+from shieldaudit.store.writer import TrailWriter
 from shieldaudit.store.verify import verify_container
 
 CID = "d" * 64
@@ -129,6 +131,58 @@ def test_poststop_twice_is_recorded_once(tmp_path, podman_layout, env):
     actions = [e["action"] for e in entries(env)]
     assert actions == ["createRuntime", "poststop", "createRuntime", "poststop"]
     assert verify_container(tmp_path / "root", CID, chain.NO_KEYS).ok
+
+
+def test_poststop_after_a_listener_entry_is_still_recorded_once(tmp_path, podman_layout, env):
+    """The repeat check looks at the last hook entry: a listener ``died`` in between changes nothing.
+
+    With the listener running, ``died`` lands between Podman's two poststop runs;
+    the second, nameless poststop must still be recognised as the repeat.
+    """
+    for stage in ["createRuntime", "poststart", "poststop"]:
+        assert run_hook(tmp_path, [stage], env, state(podman_layout)) == 0
+    with TrailWriter(StoreSettings(tmp_path / "root", fsync="never")) as writer:
+        writer.append(CID, {"source": "events", "action": "died", "exit_code": 0})
+
+    assert run_hook(tmp_path, ["poststop"], env, state(podman_layout)) == 0
+
+    actions = [(e["source"], e["action"]) for e in entries(env)]
+    assert actions == [
+        ("hook", "createRuntime"),
+        ("hook", "poststart"),
+        ("hook", "poststop"),
+        ("events", "died"),
+    ]
+
+
+def test_control_characters_in_json_strings_keep_the_entry(tmp_path, podman_layout, env):
+    """Raw control characters inside JSON strings (state, config.json, containers.json) are kept.
+
+    They are invalid strict JSON, but whoever creates the container controls these
+    files: the entry must still be written, with the characters escaped in the trail.
+    """
+    (podman_layout / "config.json").write_bytes(
+        b'{"process": {"args": ["sh", "-c", "echo\ta\x01"]}, "annotations": {"k": "v\x1f"}}'
+    )
+    meta = json.dumps({"image-name": "localhost/test:latest"}).encode()
+    storage = podman_layout.parent.parent / "containers.json"
+    storage.write_bytes(
+        b'[{"id":"'
+        + CID.encode()
+        + b'","names":["we\x02b"],"metadata":'
+        + json.dumps(meta.decode()).encode()
+        + b"}]"
+    )
+    data = state(podman_layout)[:-1] + b', "annotations": {"io.x": "a\x01b"}}'
+
+    status = run_hook(tmp_path, ["createRuntime"], env, data)
+
+    (entry,) = entries(env)
+    assert status == 0
+    assert errors(env) == []
+    assert entry["annotations"] == {"io.x": "a\u0001b"}
+    assert entry["container"] == "we\u0002b"
+    assert entry["detail"] == "sh -c 'echo\ta\x01'"
 
 
 @pytest.mark.parametrize(

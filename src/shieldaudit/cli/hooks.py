@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -51,10 +52,11 @@ def install_hooks_command(  # noqa: PLR0917 -- click passes one argument per opt
 ) -> None:
     """Install the OCI hook for Podman/CRI-O as hooks.d JSON files, one per stage.
 
-    Each file runs the hook with this installation's Python and carries the
-    current settings (root, segment size, retention, fsync, key file) in its
-    environment. Files are validated, the hook is run once to check it works,
-    and each file is moved into place atomically. Files not written by
+    Each file runs this installation's native shieldaudit-hook and carries the
+    current settings (root, segment size, retention, fsync, key file) and the
+    Python of the reference path it hands unusual cases to in its environment.
+    Files are validated, both paths are run once against a throwaway root to
+    check they work, and each file is moved into place atomically. Files not written by
     install-hooks are never overwritten or removed.
 
     Without --hooks-dir the files go where this host's Podman reads hooks:
@@ -82,10 +84,11 @@ def install_hooks_command(  # noqa: PLR0917 -- click passes one argument per opt
     root_fd = layout.open_root(store.root, create=True)
     os.close(root_fd)
     chain.store_keys(store)
-    env = hooksd.settings_env(store, fail_closed=fail_closed)
-    command = hooksd.hook_command()
+    closed = fail_closed or store.fail_closed
+    env = hooksd.settings_env(store, fail_closed=closed, python=sys.executable)
+    executable = hooksd.native_hook_path()
     docs = {
-        stage: hooksd.build_hook(stage, command, env, annotation)
+        stage: hooksd.build_hook(stage, executable, env, annotation, fail_closed=closed)
         for stage in (stages or hooksd.DEFAULT_STAGES)
     }
     written, removed = hooksd.install(hooks_dir, docs)

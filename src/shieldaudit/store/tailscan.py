@@ -66,6 +66,35 @@ def head_in(fd: int, end: int) -> tuple[int, str] | None:
     return None
 
 
+def entries_newest_first(
+    dir_fd: int, active_fd: int, active_end: int, shown_dir: Path | None = None
+) -> Iterator[dict[str, object]]:
+    """Yield the trail's entries newest first: the active segment's, then each sealed one's.
+
+    Lines that do not parse as entries are passed over. Lazy: a caller that
+    stops at the first entry it looks for reads one small chunk. Sealed
+    segments are opened as :func:`find_head` opens them.
+    """
+    yield from _entries(reverse_lines(active_fd, active_end))
+    for number in reversed(layout.list_segment_numbers(dir_fd)):
+        name = layout.segment_name(number)
+        shown = shown_dir / name if shown_dir is not None else Path(name)
+        fd = layout.open_regular(dir_fd, name, os.O_RDONLY, shown, single_link=True)
+        try:
+            yield from _entries(reverse_lines(fd, complete_end(fd, os.fstat(fd).st_size)))
+        finally:
+            os.close(fd)
+
+
+def _entries(lines: Iterator[bytes]) -> Iterator[dict[str, object]]:
+    for line in lines:
+        try:
+            entry = chain.parse_line(line)
+        except ValueError:
+            continue
+        yield entry
+
+
 def find_head(
     dir_fd: int, active_fd: int, active_end: int, shown_dir: Path | None = None
 ) -> tuple[int, str]:

@@ -24,7 +24,7 @@ from shieldaudit.store import chain, layout, tailscan
 from shieldaudit.timefmt import format_ns
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
     from pathlib import Path
 
     from shieldaudit.settings import StoreSettings
@@ -160,13 +160,30 @@ class TrailWriter:
             fields: ``source``, ``action`` and whatever else is known; ``seq``,
                 ``ts`` (unless given), ``container_id`` and the chain keys are set here.
         """
+        written = self.append_unless(container_id, fields, None)
+        assert written is not None  # noqa: S101 -- only a skip check returns None
+        return written
+
+    def append_unless(
+        self,
+        container_id: str,
+        fields: Mapping[str, object],
+        skip: Callable[[Iterable[Mapping[str, object]]], bool] | None,
+    ) -> Written | None:
+        """Append one entry as :meth:`append` does, unless ``skip`` says it is a repeat.
+
+        ``skip`` is called under the container's lock with the trail's entries,
+        newest first (read backwards lazily, through the sealed segments when it
+        asks for more); when it returns True nothing is written (a torn tail
+        is left for the next writer too) and None is returned.
+        """
         layout.check_container_id(container_id)
         self._open()
         handle = self._handle(container_id)
         try:
             self._lock(handle, container_id)
             try:
-                return self._append_locked(handle, container_id, fields)
+                return self._append_locked(handle, container_id, fields, skip)
             finally:
                 fcntl.flock(handle.lock_fd, fcntl.LOCK_UN)
         except BaseException:
@@ -261,9 +278,22 @@ class TrailWriter:
         return fd, st.st_size
 
     def _append_locked(
-        self, handle: _Handle, container_id: str, fields: Mapping[str, object]
-    ) -> Written:
+        self,
+        handle: _Handle,
+        container_id: str,
+        fields: Mapping[str, object],
+        skip: Callable[[Iterable[Mapping[str, object]]], bool] | None = None,
+    ) -> Written | None:
         fd, size = self._active(handle, container_id)
+        if skip is not None and skip(
+            tailscan.entries_newest_first(
+                handle.dir_fd,
+                fd,
+                tailscan.complete_end(fd, size),
+                layout.trail_dir(self._root, container_id),
+            )
+        ):
+            return None
         torn = None
         head = handle.head
         if head is not None and head.ino == handle.active_ino and head.size == size:
