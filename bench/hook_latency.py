@@ -4,12 +4,12 @@ Runs, interleaved, on the same interpreter:
 
 * ``python -c pass`` with the virtualenv's interpreter (the baseline the
   target is stated against);
-* the command ``install-hooks`` writes (``python -I -S .../_hookmain.py STAGE``),
+* the command ``install-hooks`` writes (the native ``shieldaudit-hook STAGE``),
   a real process with the OCI state on stdin, fsync at the default (always),
   appending to one container's trail next to a Podman-like bundle (config.json
   and containers.json are read as in production);
-* for reference: ``python -I -S -c pass`` and the ``shieldaudit-hook`` console
-  script (pip's wrapper, with site-packages processing).
+* for reference: ``python -I -S -c pass`` and the Python reference path
+  (``python -I -B -m shieldaudit.hook STAGE``).
 
 Prints a Markdown table of medians and ratios to the baseline. Target: the
 installed command at most 1.5x the baseline.
@@ -98,8 +98,8 @@ def main() -> None:
         base = Path(tmp)
         bundle = podman_like_bundle(base)
         settings = StoreSettings(base / "root", fsync="always")
-        command = hooksd.hook_command()
-        doc = hooksd.build_hook("poststart", command, hooksd.settings_env(settings))
+        command = [hooksd.native_hook_path()]
+        doc = hooksd.build_hook("poststart", command[0], hooksd.settings_env(settings))
         hook = doc["hook"]
         assert isinstance(hook, dict)
         hook_env = dict(item.split("=", 1) for item in hook["env"])
@@ -115,12 +115,12 @@ def main() -> None:
         # The baseline is the interpreter people run (the venv's), with its site
         # processing; the hook command runs the same binary, resolved, with -I -S.
         python = sys.executable
-        script = str(Path(sys.executable).parent / "shieldaudit-hook")
+        reference = [python, *hooksd.REFERENCE_ARGS, "poststart"]
         cases = {
             "python -c pass (baseline)": ([python, "-c", "pass"], None, {}),
             "python -I -S -c pass": ([python, "-I", "-S", "-c", "pass"], None, {}),
-            "hook, installed command (-I -S _hookmain.py)": (hook["args"], state, hook_env),
-            "hook, shieldaudit-hook console script": ([script, "poststart"], state, hook_env),
+            "hook, installed command (native)": ([*command, "poststart"], state, hook_env),
+            "hook, Python reference path": (reference, state, hook_env),
         }
         times: dict[str, list[float]] = {name: [] for name in cases}
         for argv, data, env in cases.values():  # warm the page cache
@@ -144,7 +144,7 @@ def main() -> None:
         median = statistics.median(values)
         p90 = percentile(values, 0.9)
         print(f"| {name} | {median * 1000:.2f} | {p90 * 1000:.2f} | {median / baseline:.2f}x |")
-    ratio = statistics.median(times["hook, installed command (-I -S _hookmain.py)"]) / baseline
+    ratio = statistics.median(times["hook, installed command (native)"]) / baseline
     print()
     print(f"target <= {TARGET}x: {'met' if ratio <= TARGET else 'NOT met'} ({ratio:.2f}x)")
 

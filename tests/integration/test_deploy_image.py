@@ -442,10 +442,10 @@ def test_daemonset_init_container_leaves_a_working_hook_on_the_node(
     """The DaemonSet's init container, run as written, installs hooks the node can run.
 
     Host directories stand in for the node's hooks dir, /opt/shieldaudit and
-    trail root. Every hooks.d file names the image's interpreter and a script
-    inside the copied /opt/shieldaudit; running that command on this host
-    (Debian with python3.11, as the docs require of nodes) with the file's
-    own environment writes an entry.
+    trail root. Every hooks.d file names the native hook inside the copied
+    /opt/shieldaudit and that venv's python for the reference path; running
+    it on this host (Debian with python3.11, as the docs require of nodes)
+    with the file's own environment writes an entry.
     """
     (daemonset,) = yaml.safe_load_all((REPO / "deploy" / "kube" / "daemonset.yaml").read_text())
     (init,) = daemonset["spec"]["template"]["spec"]["initContainers"]
@@ -478,18 +478,19 @@ def test_daemonset_init_container_leaves_a_working_hook_on_the_node(
         "shieldaudit-poststop.json",
     ]
     hook = json.loads(files[0].read_text())["hook"]
-    interpreter, script = hook["path"], hook["args"][-2]
-    assert interpreter.startswith("/usr/bin/python3")
-    assert script.startswith("/opt/shieldaudit/")
-    on_node = agent / script.removeprefix("/opt/shieldaudit/")
-    assert on_node.is_file()
-    # As CRI-O would run it on the node, with the node paths of this test.
     env = dict(item.split("=", 1) for item in hook["env"])
+    executable, python = hook["path"], env["SHIELDAUDIT_HOOK_PYTHON"]
+    assert executable == "/opt/shieldaudit/bin/shieldaudit-hook"
+    assert python == "/opt/shieldaudit/bin/python"
+    on_node = agent / executable.removeprefix("/opt/shieldaudit/")
+    assert on_node.read_bytes()[:4] == b"\x7fELF"
+    # As CRI-O would run it on the node, with the node paths of this test.
     assert env["SHIELDAUDIT_ROOT"] == "/var/lib/shieldaudit"
     env["SHIELDAUDIT_ROOT"] = str(root)
+    env["SHIELDAUDIT_HOOK_PYTHON"] = str(agent / "bin" / "python")
     state = {"ociVersion": "1.0.2", "id": CONTAINER_ID, "status": "creating", "pid": 0}
     state["bundle"] = str(root / "no-bundle")
-    argv = [interpreter, *hook["args"][1:-2], str(on_node), hook["args"][-1]]
+    argv = [str(on_node), *hook["args"][1:]]
     result = subprocess.run(
         argv,
         input=json.dumps(state),

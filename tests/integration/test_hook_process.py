@@ -1,16 +1,20 @@
-"""The hook as the runtime runs it: a real process, the installed command, an empty environment.
+"""The hook as the runtime runs it: the native executable, a real process, an empty environment.
 
-Pins the lean start path (what the process imports), that the hooks.d
-command works with nothing but the env install-hooks writes, that concurrent
-hooks keep one chain, and that a lock held past the bound is a recorded
-failure, not a hang.
+Pins that the hooks.d command (the native ``shieldaudit-hook``, handing
+unusual cases to ``python -I -B -m shieldaudit.hook``) works with nothing but
+the env install-hooks writes, that the reference path stays off the heavy
+packages, that install-hooks' check writes nothing next to the package, that
+concurrent hooks keep one chain, and that a lock held past the bound is a
+recorded failure, not a hang.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -23,10 +27,10 @@ from shieldaudit.store import chain
 from shieldaudit.store.verify import verify_container
 
 CID = "ab" * 32
-SRC = str(Path(shieldaudit.__file__).resolve().parent.parent)
+PACKAGE = Path(shieldaudit.__file__).resolve().parent
+SRC = str(PACKAGE.parent)
+NATIVE = hooksd.native_hook_path()
 HEAVY = ("click", "pydantic", "podman", "prometheus_client")
-# What the fast path avoids (see hookstore's docstring); TrailWriter would import them.
-AVOIDED = ("json", "re", "typing", "dataclasses", "pathlib", "hashlib", "enum", "datetime")
 
 PROBE = """
 import os, sys
@@ -38,24 +42,30 @@ sys.exit(status)
 """
 
 
+def site_packages(venv: Path) -> Path:
+    """The purelib directory of a venv made by this interpreter."""
+    relative = Path(sysconfig.get_path("purelib")).relative_to(sysconfig.get_path("data"))
+    return venv / relative
+
+
 def command(root: Path, stage: str) -> tuple[list[str], dict[str, str]]:
     """Return the argv and env of the hooks.d file install-hooks would write."""
     settings = StoreSettings(root, fsync="always")
-    doc = hooksd.build_hook(stage, hooksd.hook_command(), hooksd.settings_env(settings))
+    doc = hooksd.build_hook(stage, NATIVE, hooksd.settings_env(settings))
     hook = doc["hook"]
     env = dict(item.split("=", 1) for item in hook["env"])
-    return hook["args"], env
+    return [hook["path"], *hook["args"][1:]], env
 
 
 def state(status="creating", pid=1234) -> bytes:
     return json.dumps({"ociVersion": "1.0.2", "id": CID, "status": status, "pid": pid}).encode()
 
 
-def imported_by_hook(root: Path, data: bytes) -> tuple[int, set[str]]:
+def imported_by_reference(root: Path, data: bytes) -> tuple[int, set[str]]:
     _, env = command(root, "createRuntime")
     probe = PROBE.format(src=SRC, stage="createRuntime")
     result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", probe],
+        [sys.executable, "-I", "-B", "-c", probe],
         input=data,
         env=env,
         capture_output=True,
@@ -66,30 +76,23 @@ def imported_by_hook(root: Path, data: bytes) -> tuple[int, set[str]]:
     return result.returncode, set(modules)
 
 
-def test_fast_path_imports_only_lean_modules(tmp_path):
-    """A hook run imports none of the heavy packages, nor json/re/typing/pathlib/hashlib."""
-    status, modules = imported_by_hook(tmp_path / "root", state())
+def test_hooks_d_runs_the_native_executable():
+    """The hooks.d path is this installation's native hook (ELF), argv[0] its name."""
+    argv, env = command(Path("/srv/audit"), "poststop")
 
-    assert status == 0
-    assert not {m for m in modules if m.split(".")[0] in HEAVY}
-    assert not modules & set(AVOIDED)
-    assert {
-        "shieldaudit.hook",
-        "shieldaudit.hookstore",
-        "shieldaudit.hookchain",
-        "_json",
-    } <= modules
-    assert "shieldaudit.store.writer" not in modules
+    hooksd.check_executable(argv[0])
+    assert Path(argv[0]).read_bytes()[:4] == b"\x7fELF"
+    assert env["SHIELDAUDIT_HOOK_PYTHON"] == sys.executable
 
 
-def test_fallback_path_stays_off_the_heavy_packages(tmp_path):
-    """Even the TrailWriter fallback (here: a torn tail) imports no click/pydantic/podman."""
+def test_reference_path_stays_off_the_heavy_packages(tmp_path):
+    """The Python reference path (here: a torn tail) imports no click/pydantic/podman."""
     root = tmp_path / "root"
-    imported_by_hook(root, state())
+    imported_by_reference(root, state())
     with (root / "containers" / CID / "audit.jsonl").open("ab") as f:
         f.write(b'{"torn')
 
-    status, modules = imported_by_hook(root, state())
+    status, modules = imported_by_reference(root, state())
 
     assert status == 0
     assert "shieldaudit.store.writer" in modules
@@ -116,13 +119,12 @@ def test_installed_command_works_with_only_its_env(tmp_path):
     assert [json.loads(line)["action"] for line in lines] == ["createRuntime", "poststop"]
 
 
-def test_console_script_works_with_an_empty_environment(tmp_path):
-    """`shieldaudit-hook` (the script for people) runs with no PATH/HOME, settings from env."""
-    script = Path(sys.executable).parent / "shieldaudit-hook"
+def test_hook_for_people_works_with_an_empty_environment(tmp_path):
+    """`shieldaudit-hook STAGE` by hand with only SHIELDAUDIT_ROOT: uses the Python next to it."""
     root = tmp_path / "root"
 
     result = subprocess.run(
-        [str(script), "poststart"],
+        [NATIVE, "poststart"],
         input=state("created"),
         env={"SHIELDAUDIT_ROOT": str(root)},
         capture_output=True,
@@ -132,6 +134,31 @@ def test_console_script_works_with_an_empty_environment(tmp_path):
 
     assert (result.returncode, result.stderr) == (0, b"")
     assert (root / "containers" / CID / "audit.jsonl").exists()
+
+
+def test_install_check_writes_nothing_next_to_the_package(tmp_path):
+    """install-hooks' check runs native and reference paths without writing ``__pycache__``.
+
+    The package is a fresh copy (no bytecode yet) imported by a throwaway venv,
+    as an editable install imports the source tree: a run without ``-B`` would
+    leave ``__pycache__`` there.
+    """
+    package = tmp_path / "pkg"
+    shutil.copytree(PACKAGE, package / "shieldaudit", ignore=shutil.ignore_patterns("__pycache__"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (site_packages(venv) / "shieldaudit-src.pth").write_text(f"{package}\n")
+    python = str(venv / "bin" / "python")
+    env = hooksd.settings_env(StoreSettings(tmp_path / "root"), python=python)
+    doc = hooksd.build_hook("poststart", NATIVE, env)
+
+    output = hooksd.check_runnable(doc)
+
+    assert f"python reference {sys.version.split()[0]} {python}" in output
+    assert f"package {package / 'shieldaudit'}" in output
+    assert "wrote one valid chain" in output
+    assert sorted(p.name for p in package.rglob("__pycache__")) == []
+    assert not (tmp_path / "root").exists()
 
 
 def test_concurrent_hooks_keep_one_chain(tmp_path):

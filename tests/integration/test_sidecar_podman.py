@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import pytest
 from test_sidecar_process import SidecarProc, free_port
+
+from shieldaudit import hooksd
 
 pytestmark = pytest.mark.podman
 
@@ -28,10 +29,10 @@ PROMETHEUS = "/usr/bin/prometheus"
 
 
 def hook_command() -> str:
-    """The installed ``shieldaudit-hook`` script next to this interpreter."""
-    path = Path(sys.executable).parent / "shieldaudit-hook"
-    assert path.exists(), f"{path} missing: install the project (pip install -e .)"
-    return str(path)
+    """The installed native ``shieldaudit-hook`` of this installation."""
+    path = hooksd.native_hook_path()
+    hooksd.check_executable(path)
+    return path
 
 
 def install_hooks(hooks_dir: Path, root: Path) -> None:

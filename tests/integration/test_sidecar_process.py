@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from shieldaudit import hooksd
 from shieldaudit.settings import StoreSettings
 from shieldaudit.store.writer import TrailWriter
 from shieldaudit.watch.checkpoint import load
@@ -261,7 +262,7 @@ def test_hook_failures_counted_once(tmp_path, sidecars):
     """Failures the real hook records are counted, live and not again after a restart."""
     root = tmp_path / "root"
     write(root, IDS[0], 1)
-    hook = [sys.executable, "-c", "from shieldaudit.hook import main; main()", "poststop"]
+    hook = [hooksd.native_hook_path(), "poststop"]
     env = {"SHIELDAUDIT_ROOT": str(root), "SHIELDAUDIT_FSYNC": "never"}
 
     def fail_hook() -> None:

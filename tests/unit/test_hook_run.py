@@ -15,8 +15,8 @@ import pytest
 from shieldaudit import hook
 from shieldaudit.settings import StoreSettings
 from shieldaudit.store import chain
-from shieldaudit.store.writer import TrailWriter
 from shieldaudit.store.verify import verify_container
+from shieldaudit.store.writer import TrailWriter
 
 CID = "d" * 64
 OTHER = "e" * 64
@@ -134,7 +134,7 @@ def test_poststop_twice_is_recorded_once(tmp_path, podman_layout, env):
 
 
 def test_poststop_after_a_listener_entry_is_still_recorded_once(tmp_path, podman_layout, env):
-    """The repeat check looks at the last hook entry: a listener ``died`` in between changes nothing.
+    """The repeat check looks at the last hook entry: a listener ``died`` between changes nothing.
 
     With the listener running, ``died`` lands between Podman's two poststop runs;
     the second, nameless poststop must still be recognised as the repeat.

@@ -4,40 +4,59 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from shieldaudit import hooksd
-from shieldaudit.cli import cli
+from shieldaudit.cli import cli, run
 from shieldaudit.errors import StorageError, UsageError
 from shieldaudit.settings import StoreSettings
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE_PYTHON = "/usr/bin/python3"
-TEMPLATE_SCRIPT = "/usr/lib/python3/dist-packages/shieldaudit/_hookmain.py"
+TEMPLATE_HOOK = "/usr/bin/shieldaudit-hook"
 
 
-def doc(stage="poststop", annotation=None, root="/srv/audit"):
-    env = hooksd.settings_env(StoreSettings(Path(root)))
-    return hooksd.build_hook(stage, hooksd.hook_command(), env, annotation)
+def doc(stage="poststop", annotation=None, root="/srv/audit", *, fail_closed=False):
+    env = hooksd.settings_env(StoreSettings(Path(root)), fail_closed=fail_closed)
+    path = hooksd.native_hook_path()
+    return hooksd.build_hook(stage, path, env, annotation, fail_closed=fail_closed)
 
 
-def test_built_document_is_valid_and_runs_the_lean_command():
-    """The document names this interpreter with -I -S and _hookmain.py, plus the stage."""
+def test_built_document_runs_the_native_hook():
+    """The document names the native executable, argv [name, STAGE], and the reference's Python."""
     built = doc("createRuntime")
 
     hooksd.validate(built)
     hook = built["hook"]
-    assert hook["path"] == os.path.realpath(hook["path"])
-    assert hook["args"][1:3] == ["-I", "-S"]
-    assert hook["args"][3].endswith("/shieldaudit/_hookmain.py")
-    assert hook["args"][-1] == "createRuntime"
+    assert hook["path"] == os.path.abspath(hook["path"])
+    assert Path(hook["path"]).name == "shieldaudit-hook"
+    assert hook["args"] == ["shieldaudit-hook", "createRuntime"]
     assert built["stages"] == ["createRuntime"]
     assert built["when"] == {"always": True}
     assert "SHIELDAUDIT_ROOT=/srv/audit" in hook["env"]
-    assert hooksd.MANAGED_MARK in hook["env"]
+    assert f"SHIELDAUDIT_HOOK_PYTHON={sys.executable}" in hook["env"]
+    assert hook["env"][-1] == hooksd.MANAGED_MARK
+
+
+def test_fail_closed_is_an_argument_and_a_setting():
+    """--fail-closed goes into the argv (visible in ps) and into SHIELDAUDIT_FAIL_CLOSED."""
+    hook = doc("poststop", fail_closed=True)["hook"]
+
+    assert hook["args"] == ["shieldaudit-hook", "poststop", "--fail-closed"]
+    assert "SHIELDAUDIT_FAIL_CLOSED=1" in hook["env"]
+
+
+def test_native_hook_is_found_in_this_installation():
+    """The native hook pip installed next to this interpreter's scripts is the one named."""
+    path = Path(hooksd.native_hook_path())
+
+    assert path.parent == Path(sysconfig.get_path("scripts")).absolute()
+    assert path.read_bytes()[:4] == b"\x7fELF"
 
 
 def test_settings_env_carries_every_store_setting():
@@ -46,13 +65,15 @@ def test_settings_env_carries_every_store_setting():
 
     env = hooksd.settings_env(settings, fail_closed=True)
 
-    assert env[:6] == [
+    assert env == [
         "SHIELDAUDIT_ROOT=/r",
         "SHIELDAUDIT_MAX_SEGMENT_BYTES=4096",
         "SHIELDAUDIT_KEEP_SEGMENTS=3",
         "SHIELDAUDIT_FSYNC=never",
         "SHIELDAUDIT_KEY_FILE=/k",
         "SHIELDAUDIT_FAIL_CLOSED=1",
+        f"SHIELDAUDIT_HOOK_PYTHON={sys.executable}",
+        hooksd.MANAGED_MARK,
     ]
 
 
@@ -111,6 +132,19 @@ def test_validate_refuses_a_non_executable_path(tmp_path):
         hooksd.validate(built)
 
 
+@pytest.mark.parametrize("content", [b"#!/bin/sh\nexit 0\n", b"", b"\x7fEL"])
+def test_validate_refuses_a_script(tmp_path, content):
+    """hooks.d must run a native executable: a script (or anything not ELF) is refused."""
+    script = tmp_path / "shieldaudit-hook"
+    script.write_bytes(content)
+    script.chmod(0o755)
+    built = doc()
+    built["hook"]["path"] = str(script)
+
+    with pytest.raises(UsageError, match="not a native executable"):
+        hooksd.validate(built)
+
+
 def test_install_writes_atomically_and_reinstalls(tmp_path):
     """install() creates the dir, writes one file per stage, leaves no temp file, reinstalls."""
     hooks_dir = tmp_path / "hooks.d"
@@ -155,31 +189,38 @@ def test_uninstall_removes_only_managed_files(tmp_path):
     assert hooksd.uninstall(tmp_path / "absent") == []
 
 
-def test_check_runnable_runs_the_command():
-    """The check runs the exact interpreter and script with --check in the hook's env only."""
-    assert "shieldaudit-hook: ok" in hooksd.check_runnable(doc())
+def test_check_runnable_runs_both_paths(tmp_path):
+    """The check runs the native hook and the reference path, each appending to a throwaway root."""
+    output = hooksd.check_runnable(doc(root=str(tmp_path / "root")))
+
+    assert "python reference" in output
+    assert "native and reference paths wrote one valid chain" in output
+    assert not (tmp_path / "root").exists()
 
 
-def test_check_runnable_reports_a_broken_command(tmp_path):
-    """A command that fails its check is a StorageError carrying its exit status."""
+def test_check_runnable_reports_a_broken_reference_path():
+    """A reference interpreter that cannot run is a StorageError carrying the exit status."""
     broken = doc()
-    broken["hook"]["args"][3] = str(tmp_path / "missing.py")
+    env = broken["hook"]["env"]
+    env[env.index(f"SHIELDAUDIT_HOOK_PYTHON={sys.executable}")] = (
+        "SHIELDAUDIT_HOOK_PYTHON=/bin/false"
+    )
 
-    with pytest.raises(StorageError, match="failed \\(exit 2\\)"):
+    with pytest.raises(StorageError, match="failed \\(exit 1\\)"):
         hooksd.check_runnable(broken)
 
 
 def test_templates_match_what_install_hooks_writes():
     """hooks/*.json equal the generated documents for the packaged paths and default settings."""
-    env = hooksd.settings_env(StoreSettings(Path("/var/lib/shieldaudit")))
-    command = hooksd.hook_command(TEMPLATE_PYTHON, TEMPLATE_SCRIPT)
+    settings = StoreSettings(Path("/var/lib/shieldaudit"))
+    env = hooksd.settings_env(settings, python=TEMPLATE_PYTHON)
     templates = sorted((REPO / "hooks").glob("*.json"))
 
     assert [p.name for p in templates] == sorted(hooksd.file_name(s) for s in hooksd.DEFAULT_STAGES)
     for path in templates:
         stored = json.loads(path.read_text())
         hooksd.validate(stored, check_path=False)
-        assert stored == hooksd.build_hook(stored["stages"][0], command, env)
+        assert stored == hooksd.build_hook(stored["stages"][0], TEMPLATE_HOOK, env)
 
 
 def test_cli_install_and_uninstall(tmp_path):
@@ -199,6 +240,7 @@ def test_cli_install_and_uninstall(tmp_path):
     assert "installed" in installed.output
     assert stored["when"] == {"annotations": {"^(?:audit)$": "^(?:.*)$"}}
     assert "SHIELDAUDIT_FAIL_CLOSED=1" in stored["hook"]["env"]
+    assert stored["hook"]["args"] == ["shieldaudit-hook", "poststop", "--fail-closed"]
     assert f"SHIELDAUDIT_ROOT={root}" in stored["hook"]["env"]
     assert root.is_dir()
     assert removed.exit_code == 0
@@ -254,3 +296,25 @@ def test_cli_refuses_an_unsafe_root(tmp_path):
 
     assert result.exit_code == 1
     assert not (tmp_path / "h").exists()
+
+
+@pytest.mark.parametrize("problem", ["missing", "script"])
+def test_cli_refuses_without_the_native_hook(tmp_path, monkeypatch, capsys, problem):
+    """No native hook (or a script in its place): one Error line, nothing installed."""
+    hook = tmp_path / "bin" / "shieldaudit-hook"
+    if problem == "script":
+        hook.parent.mkdir()
+        hook.write_text('#!/bin/sh\nexec python3 -m shieldaudit.hook "$@"\n')
+        hook.chmod(0o755)
+    monkeypatch.setattr(hooksd, "native_hook_path", lambda: str(hook))
+    hooks_dir = tmp_path / "hooks.d"
+
+    status = run(["--root", str(tmp_path / "root"), "install-hooks", "--hooks-dir", str(hooks_dir)])
+
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"Error: hook executable {hook} ")
+    assert ("does not exist" if problem == "missing" else "not a native executable") in line
+    assert not hooks_dir.exists()

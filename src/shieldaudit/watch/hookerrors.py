@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 _CHUNK: Final = 1024 * 1024
-#: The hook renames a full log to this name (shieldaudit.hookstore.HOOK_ERRORS_OLD).
+#: The hook renames a full log to this name (shieldaudit.hook.HOOK_ERRORS_OLD).
 PREVIOUS_NAME: Final = "hook-errors.1.jsonl"
 
 
