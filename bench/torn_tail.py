@@ -45,7 +45,9 @@ def main() -> None:
         settings = StoreSettings(root, fsync="always")
         with TrailWriter(settings) as writer:
             writer.append(CID, {"source": "cli", "action": "seed"})
-        doc = hooksd.build_hook("poststart", hooksd.hook_command(), hooksd.settings_env(settings))
+        doc = hooksd.build_hook(
+            "poststart", hooksd.native_hook_path(), hooksd.settings_env(settings)
+        )
         env = dict(item.split("=", 1) for item in doc["hook"]["env"])
         state = json.dumps({"ociVersion": "1.0.2", "id": CID, "status": "running", "pid": 1})
         active = root / "containers" / CID / "audit.jsonl"
@@ -56,7 +58,15 @@ def main() -> None:
             rss_file = Path(tmp) / "rss"
             started = time.monotonic()
             result = subprocess.run(
-                [TIME, "-f", "%M", "-o", str(rss_file), *doc["hook"]["args"]],
+                [
+                    TIME,
+                    "-f",
+                    "%M",
+                    "-o",
+                    str(rss_file),
+                    doc["hook"]["path"],
+                    *doc["hook"]["args"][1:],
+                ],
                 input=state.encode(),
                 env=env,
                 capture_output=True,

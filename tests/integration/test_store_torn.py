@@ -22,12 +22,12 @@ TAIL = 300 * 1024 * 1024
 def _run_hook(root: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess[bytes], int]:
     """Run the hooks.d command install-hooks writes; return the result and its peak RSS (KiB)."""
     settings = StoreSettings(root, fsync="always")
-    doc = hooksd.build_hook("poststart", hooksd.hook_command(), hooksd.settings_env(settings))
+    doc = hooksd.build_hook("poststart", hooksd.native_hook_path(), hooksd.settings_env(settings))
     env = dict(item.split("=", 1) for item in doc["hook"]["env"])
     state = {"ociVersion": "1.0.2", "id": CID_A, "status": "running", "pid": 1}
     rss_file = tmp_path / "rss"
     result = subprocess.run(
-        [sys.executable, PROBE, str(rss_file), *doc["hook"]["args"]],
+        [sys.executable, PROBE, str(rss_file), doc["hook"]["path"], *doc["hook"]["args"][1:]],
         input=json.dumps(state).encode(),
         env=env,
         capture_output=True,
