@@ -12,13 +12,14 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import signal
 import threading
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from shieldaudit import hookmanifest
+from shieldaudit import hookmanifest, instance
 from shieldaudit.errors import ShieldAuditError
 from shieldaudit.metrics import SidecarMetrics
 from shieldaudit.server import ServerHandle, serve
@@ -37,6 +38,10 @@ log = logging.getLogger("shieldaudit.sidecar")
 
 _EVENT_TEXT = ("ts", "source", "action", "container", "container_id")
 _EVENT_TAIL = ("dest", "detail")
+
+
+class SidecarBusyError(instance.InstanceBusyError):
+    """Another sidecar already counts this root."""
 
 
 class ListenerHandle(Protocol):
@@ -88,7 +93,7 @@ class Sidecar:
         listener: Callable[[], ListenerHandle] | None = None,
         grace: float = DEFAULT_GRACE_S,
     ) -> None:
-        """Open the root and the checkpoint, start serving; the watch loop starts in :meth:`run`.
+        """Lock the root, open the checkpoint, start serving; the watch loop starts in :meth:`run`.
 
         Args:
             root: the trail root.
@@ -102,7 +107,13 @@ class Sidecar:
             keys: the chain keys, to recompute each entry's mac (None: links only).
             listener: starts the in-process events listener; None for ``--no-listen``.
             grace: seconds a start event waits for its hook entries (``unaudited_grace``).
+
+        Raises:
+            SidecarBusyError: another sidecar holds ``<root>/state/sidecar.lock``.
         """
+        # Held until close(): a second sidecar would count every entry again
+        # and overwrite this one's checkpoint.
+        self._lock_fd = instance.hold(root, "sidecar", "stop it first", SidecarBusyError)
         self.registry = registry if registry is not None else CollectorRegistry()
         self._listener: ListenerHandle | None = None
         self.metrics = SidecarMetrics(
@@ -111,23 +122,33 @@ class Sidecar:
             hooks_check=lambda: hookmanifest.check(root),
         )
         self.stop_event = threading.Event()
-        self.watcher = Watcher(
-            root,
-            publish=self.metrics.publish,
-            watched=self.metrics.set_watched,
-            emit=emit,
-            from_end=from_end,
-            poll_interval=poll_interval,
-            use_inotify=use_inotify,
-            keys=keys,
-            grace=grace,
-        )
+        try:
+            self.watcher = Watcher(
+                root,
+                publish=self.metrics.publish,
+                watched=self.metrics.set_watched,
+                emit=emit,
+                from_end=from_end,
+                poll_interval=poll_interval,
+                use_inotify=use_inotify,
+                keys=keys,
+                grace=grace,
+            )
+        except BaseException:
+            self._unlock()
+            raise
         self._listener_factory = listener
         try:
             self.server: ServerHandle = serve(self.registry, self.readiness, addr, port)
         except BaseException:
             self.watcher.close()
+            self._unlock()
             raise
+
+    def _unlock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def _listener_status(self) -> tuple[bool, int]:
         if self._listener is None:
@@ -165,6 +186,7 @@ class Sidecar:
                 self._listener.close()
         self.server.close()
         self.watcher.close()
+        self._unlock()
 
     def __enter__(self) -> Sidecar:  # noqa: PYI034 -- not meant to be subclassed
         """Use as a context manager."""

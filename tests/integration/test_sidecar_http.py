@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from shieldaudit.settings import StoreSettings
-from shieldaudit.sidecar import Sidecar, ThreadedListener
+from shieldaudit.sidecar import Sidecar, SidecarBusyError, ThreadedListener
 from shieldaudit.store.writer import TrailWriter
 
 DEADLINE_S = 30.0
@@ -105,3 +105,19 @@ def test_no_listen_is_ready_after_scan(tmp_path):
         thread.join(timeout=10)
     with pytest.raises(OSError):
         get(port, "/healthz")
+
+
+def test_one_sidecar_per_root_in_one_process_too(tmp_path):
+    """A second Sidecar on a held root raises SidecarBusyError; close() lets the next one in."""
+    root = tmp_path / "root"
+    first = Sidecar(root, registry=CollectorRegistry(), port=0)
+    try:
+        with pytest.raises(
+            SidecarBusyError, match=f"another shieldaudit sidecar is running on {root}"
+        ):
+            Sidecar(root, registry=CollectorRegistry(), port=0)
+        assert (root / "state" / "sidecar.lock").read_text().strip().isdigit()
+    finally:
+        first.close()
+    with Sidecar(root, registry=CollectorRegistry(), port=0) as again:
+        assert get(again.server.port, "/healthz") == (200, "ok\n")

@@ -323,3 +323,29 @@ def test_sigterm_during_catch_up_then_resume_exactly(tmp_path, sidecars):
 
     assert events(after) == 150_001 - done
     assert second.terminate() == 0
+
+
+def test_second_sidecar_on_the_same_root_refused_first_keeps_counting(tmp_path, sidecars):
+    """A second sidecar on a root exits 1 with one Error line naming the root and the first PID."""
+    root = tmp_path / "root"
+    write(root, IDS[0], 3)
+    first = sidecars(root)
+    first.wait_for(lambda v: events(v) == 3, "history")
+
+    second = sidecars(root)
+    assert second.proc.wait(timeout=DEADLINE_S) == 1
+    assert second.proc.stderr is not None
+    err = second.proc.stderr.read().decode()
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"Error: another shieldaudit sidecar is running on {root} ")
+    assert f"(pid {first.proc.pid}; " in err
+    assert second.get("/healthz") == (0, "")  # it never served
+
+    write(root, IDS[1], 2)
+    first.wait_for(lambda v: events(v) == 5, "entries after the refusal")
+    assert first.terminate() == 0
+
+    third = sidecars(root)  # the lock went with the first process
+    third.wait_for(lambda _v: third.get("/readyz")[0] == 200, "the next sidecar")
+    assert events(third.metrics()) == 0  # the checkpoint covers everything: nothing twice
+    assert third.terminate() == 0

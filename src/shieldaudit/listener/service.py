@@ -9,7 +9,6 @@ written, if any, is on disk and the cursor saved. Its counters live in
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
@@ -18,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from shieldaudit import instance
 from shieldaudit.errors import (
     InvalidContainerIdError,
     LockTimeoutError,
@@ -28,7 +28,6 @@ from shieldaudit.errors import (
 from shieldaudit.listener.cursor import Cursor, CursorStore, Seen, recent_event_keys
 from shieldaudit.listener.events import Mapped, Skipped, decode_line, map_event
 from shieldaudit.listener.source import EventSource, EventStream, SourceLost, SourceUnavailable
-from shieldaudit.store import layout
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shieldaudit.listener")
 
-LOCK_FILE: Final = "listener.lock"
 #: Prune the dedup memory after this many writes (cheap; keeps it bounded).
 PRUNE_EVERY: Final = 256
 #: A stream that lasted this long ends an outage: the next loss reconnects at once.
@@ -49,7 +47,7 @@ ONCE_UNTIL_MARGIN_S: Final = 3
 MAX_SKEW_NS: Final = 60 * 1_000_000_000
 
 
-class ListenerBusyError(ShieldAuditError):
+class ListenerBusyError(instance.InstanceBusyError):
     """Another listener already writes events into this root."""
 
 
@@ -163,32 +161,9 @@ class Listener:
 
     def _take_lock(self) -> int:
         """Hold ``<root>/state/listener.lock`` so two listeners never write the same events."""
-        root_fd = layout.open_root(self.root, create=True)
-        try:
-            state_fd = layout.open_subdir(
-                root_fd, layout.STATE_DIR, layout.state_path(self.root), create=True
-            )
-        finally:
-            os.close(root_fd)
-        try:
-            fd = layout.open_regular(
-                state_fd,
-                LOCK_FILE,
-                os.O_RDWR | os.O_CREAT,
-                layout.state_path(self.root, LOCK_FILE),
-            )
-        finally:
-            os.close(state_fd)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ListenerBusyError(
-                f"another shieldaudit listener is running on {self.root} "
-                f"({layout.state_path(self.root, LOCK_FILE)} is locked): stop it, or use "
-                "'sidecar --no-listen'",
-            ) from None
-        return fd
+        return instance.hold(
+            self.root, "listener", "stop it, or use 'sidecar --no-listen'", ListenerBusyError
+        )
 
     def _start_cursor(self) -> None:
         self._started_ns = self._clock()
