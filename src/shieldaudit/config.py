@@ -35,6 +35,7 @@ class Settings(BaseModel):
     metrics_port: Annotated[int, BeforeValidator(core.parse_port)]
     podman_url: Annotated[str, BeforeValidator(core.parse_text)]
     poll_interval: Annotated[float, BeforeValidator(core.parse_interval)]
+    http_timeout: Annotated[float, BeforeValidator(core.parse_interval)]
     #: Where key_file came from (not a setting): named when the key file is unusable.
     key_file_source: str = "default"
     unaudited_grace: Annotated[float, BeforeValidator(core.parse_grace)]

@@ -289,6 +289,13 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         lambda: 5.0,
         "seconds a container start may wait for its hook entries before it counts as unaudited",
     ),
+    Setting(
+        "http_timeout",
+        "SHIELDAUDIT_HTTP_TIMEOUT",
+        parse_interval,
+        lambda: 5.0,
+        "seconds an HTTP client of the sidecar has to send its request",
+    ),
 )
 SETTINGS_BY_NAME: Final = {s.name: s for s in SETTINGS}
 CONFIG_ENV: Final = "SHIELDAUDIT_CONFIG"

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from shieldaudit import hookmanifest, instance
 from shieldaudit.errors import ShieldAuditError
 from shieldaudit.metrics import SidecarMetrics
-from shieldaudit.server import ServerHandle, serve
+from shieldaudit.server import DEFAULT_TIMEOUT_S, ServerHandle, serve
 from shieldaudit.store.chain import NO_KEYS, KeyRing
 from shieldaudit.watch.reconcile import DEFAULT_GRACE_S
 from shieldaudit.watch.watcher import Watcher
@@ -92,6 +92,7 @@ class Sidecar:
         keys: KeyRing | None = NO_KEYS,
         listener: Callable[[], ListenerHandle] | None = None,
         grace: float = DEFAULT_GRACE_S,
+        http_timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         """Lock the root, open the checkpoint, start serving; the watch loop starts in :meth:`run`.
 
@@ -107,6 +108,7 @@ class Sidecar:
             keys: the chain keys, to recompute each entry's mac (None: links only).
             listener: starts the in-process events listener; None for ``--no-listen``.
             grace: seconds a start event waits for its hook entries (``unaudited_grace``).
+            http_timeout: seconds an HTTP client has to send a request (or take the answer).
 
         Raises:
             SidecarBusyError: another sidecar holds ``<root>/state/sidecar.lock``.
@@ -139,7 +141,9 @@ class Sidecar:
             raise
         self._listener_factory = listener
         try:
-            self.server: ServerHandle = serve(self.registry, self.readiness, addr, port)
+            self.server: ServerHandle = serve(
+                self.registry, self.readiness, addr, port, timeout=http_timeout
+            )
         except BaseException:
             self.watcher.close()
             self._unlock()

@@ -27,6 +27,7 @@ def test_defaults_when_nothing_is_set(tmp_path):
     assert loaded.fail_closed is False
     assert (loaded.metrics_addr, loaded.metrics_port) == ("127.0.0.1", 9469)
     assert loaded.unaudited_grace == 5.0
+    assert loaded.http_timeout == 5.0
 
 
 def test_precedence_option_over_env_over_file(tmp_path):
@@ -86,6 +87,9 @@ def test_config_file_from_environment(tmp_path):
         ({"SHIELDAUDIT_UNAUDITED_GRACE": "5s"}, "unaudited_grace", "SHIELDAUDIT_UNAUDITED_GRACE"),
         ({"SHIELDAUDIT_UNAUDITED_GRACE": "nan"}, "unaudited_grace", "SHIELDAUDIT_UNAUDITED_GRACE"),
         ({"SHIELDAUDIT_UNAUDITED_GRACE": "7200"}, "unaudited_grace", "SHIELDAUDIT_UNAUDITED_GRACE"),
+        ({"SHIELDAUDIT_HTTP_TIMEOUT": "0"}, "http_timeout", "SHIELDAUDIT_HTTP_TIMEOUT"),
+        ({"SHIELDAUDIT_HTTP_TIMEOUT": "3601"}, "http_timeout", "SHIELDAUDIT_HTTP_TIMEOUT"),
+        ({"SHIELDAUDIT_HTTP_TIMEOUT": "inf"}, "http_timeout", "SHIELDAUDIT_HTTP_TIMEOUT"),
     ],
 )
 def test_bad_value_is_one_error_naming_setting_and_source(tmp_path, env, setting, source):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import resource
 import sys
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,19 @@ def listener_factory(settings: Settings, keys: KeyRing) -> ListenerHandle:
     return start_listener(settings, keys)
 
 
+def raise_open_files_limit() -> None:
+    """Raise this process's soft open-files limit to its hard limit.
+
+    Each scrape connection is a descriptor; the soft limit (often 1,024) would
+    cap connections well below what the server holds without trouble. Nothing
+    in the sidecar uses ``select()`` (limited to descriptors below 1,024).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 @click.command("sidecar")
 @click.option("--no-listen", is_flag=True, help="Do not run the events listener in-process.")
 @click.option("--metrics-addr", default=None, help="Address for /metrics (default 127.0.0.1).")
@@ -40,6 +55,11 @@ def listener_factory(settings: Settings, keys: KeyRing) -> ListenerHandle:
     help="Seconds a container start may wait for its hook entries before it counts as "
     "unaudited (default 5).",
 )
+@click.option(
+    "--http-timeout",
+    default=None,
+    help="Seconds an HTTP client has to send its request (default 5); idle connections close.",
+)
 @click.pass_context
 def sidecar_command(  # noqa: PLR0917 -- click passes one argument per option
     ctx: click.Context,
@@ -50,6 +70,7 @@ def sidecar_command(  # noqa: PLR0917 -- click passes one argument per option
     from_end: bool,
     poll_interval: str | None,
     unaudited_grace: str | None,
+    http_timeout: str | None,
 ) -> None:
     """Watch every trail, count entries exactly once, serve Prometheus metrics.
 
@@ -69,8 +90,10 @@ def sidecar_command(  # noqa: PLR0917 -- click passes one argument per option
         metrics_port=metrics_port,
         poll_interval=poll_interval,
         unaudited_grace=unaudited_grace,
+        http_timeout=http_timeout,
     )
     keys = context.keys()
+    raise_open_files_limit()
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="shieldaudit sidecar: %(message)s"
     )
@@ -84,5 +107,6 @@ def sidecar_command(  # noqa: PLR0917 -- click passes one argument per option
         keys=keys,
         listener=None if no_listen else (lambda: listener_factory(settings, keys)),
         grace=settings.unaudited_grace,
+        http_timeout=settings.http_timeout,
     )
     run_until_signalled(sidecar)
