@@ -23,6 +23,8 @@ from shieldaudit.store import chain
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
+    from shieldaudit.watch.reconcile import Audit
+
 
 class State(StrEnum):
     """A container's lifecycle state as its trail tells it."""
@@ -147,6 +149,7 @@ class Summary:
     state: State
     tail_ok: bool | None  # None: no entries to judge
     segments: int
+    audit: Audit | None = None  # unaudited starts; None: not reconciled (see cli.trails)
 
     def as_dict(self) -> dict[str, object]:
         """Return the row as a JSON-ready dict."""
@@ -163,6 +166,7 @@ class Summary:
             "state": str(self.state),
             "tail_ok": self.tail_ok,
             "segments": self.segments,
+            **(self.audit.as_dict() if self.audit is not None else {}),
         }
 
 

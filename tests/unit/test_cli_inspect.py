@@ -365,3 +365,87 @@ def test_quiet_exit_lets_other_os_errors_through():
     """An I/O error that is not EPIPE is not hidden."""
     with pytest.raises(PermissionError), output.quiet_exit():
         raise PermissionError(errno.EACCES, "denied")
+
+
+def _run(root, container_id, start_ns, *, hooks=True, name="app"):
+    """One container run as Podman 4.3 with runc 1.1 writes it: hook entries, then events."""
+    if hooks:
+        start_ns = write_trail(
+            root,
+            container_id,
+            ["createRuntime", "poststart"],
+            name=name,
+            source="hook",
+            start_ns=start_ns,
+            step_ns=SECOND // 100,
+        )
+    return write_trail(
+        root,
+        container_id,
+        ["init", "start", "died"],
+        name=name,
+        start_ns=start_ns,
+        step_ns=SECOND // 100,
+    )
+
+
+def test_ls_and_show_report_unaudited_starts(tmp_path):
+    """A start without hook entries is UNAUDITED in ls and named by show; hooked starts are ok.
+
+    ``ls --json`` carries ``"unaudited": true`` for it; hook runs without any
+    start event (the listener was down) are "events missing", not unaudited.
+    """
+    root = tmp_path / "root"
+    bypassed, audited, hooks_only = cid("1"), cid("2"), cid("3")
+    later = _run(root, bypassed, T0, hooks=False)
+    _run(root, bypassed, later + SECOND)  # started again normally: not flagged again
+    _run(root, audited, T0 + 10 * SECOND)
+    write_trail(root, hooks_only, ["createRuntime", "poststart"], source="hook", start_ns=T0)
+
+    rows = {r["container_id"]: r for r in map(json.loads, invoke(root, "ls", "--json").lines)}
+    assert rows[bypassed]["unaudited"] is True
+    assert rows[bypassed]["unaudited_starts"] == [2]
+    assert (rows[audited]["unaudited"], rows[audited]["events_missing"]) == (False, 0)
+    assert (rows[hooks_only]["unaudited"], rows[hooks_only]["events_missing"]) == (False, 1)
+
+    header, *lines = invoke(root, "ls").lines
+    column = header.index("AUDIT")
+    cells = {line.split()[0]: line[column:].split("  ")[0].strip() for line in lines}
+    assert cells == {
+        bypassed[:12]: "UNAUDITED",
+        audited[:12]: "ok",
+        hooks_only[:12]: "events missing",
+    }
+
+    shown = invoke(root, "show", bypassed[:12])
+    assert shown.code == 0
+    assert "UNAUDITED" not in shown.out  # stdout stays the entries
+    (note,) = [line for line in shown.err.splitlines() if line.startswith("UNAUDITED")]
+    assert "(seq 2)" in note
+    assert "createRuntime, poststart" in note
+    assert "UNAUDITED" not in invoke(root, "show", audited[:12]).err
+
+
+def test_ls_judges_the_first_and_last_entries_of_a_long_trail(tmp_path):
+    """Past ls's window a bypassed first start is still found; a window cutting a run is no alarm.
+
+    A run whose hook entries fall just before the last 512 entries and whose
+    start event falls inside them is not judged unaudited.
+    """
+    root = tmp_path / "root"
+    long_bypassed, long_ok = cid("4"), cid("5")
+    for container_id, hooks in ((long_bypassed, False), (long_ok, True)):
+        after = _run(root, container_id, T0, hooks=hooks)
+        write_trail(root, container_id, ["exec"] * 600, start_ns=after, step_ns=SECOND // 100)
+    rows = {r["container_id"]: r for r in map(json.loads, invoke(root, "ls", "--json").lines)}
+    assert rows[long_bypassed]["unaudited"] is True
+    assert rows[long_ok]["unaudited"] is False
+
+    cut = cid("6")
+    after = _run(root, cut, T0)  # 2 hook entries, init, start, died
+    write_trail(root, cut, ["exec"] * 510, start_ns=after, step_ns=SECOND // 1000)
+    # The last 512 entries begin at this run's start event: its hooks are outside.
+    (row,) = [
+        r for r in map(json.loads, invoke(root, "ls", "--json").lines) if r["container_id"] == cut
+    ]
+    assert row["unaudited"] is False

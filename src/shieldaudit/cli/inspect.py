@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ from shieldaudit.cli.trails import COMPLETE, INCOMPLETE, Trails, stream_lines
 from shieldaudit.errors import ContainerNotFoundError, UsageError
 from shieldaudit.store import chain
 from shieldaudit.store.reader import TrailDir
+from shieldaudit.watch.reconcile import WATCHED, Audit, audit_entries
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -34,7 +36,17 @@ if TYPE_CHECKING:
 
 __all__ = ["ls_command", "show_command", "tail_command"]
 
-LS_HEADERS = ("CONTAINER ID", "NAME", "IMAGE", "ENTRIES", "FIRST", "LAST", "ACTION", "STATE")
+LS_HEADERS = (
+    "CONTAINER ID",
+    "NAME",
+    "IMAGE",
+    "ENTRIES",
+    "FIRST",
+    "LAST",
+    "ACTION",
+    "STATE",
+    "AUDIT",
+)
 
 
 def write_json_line(line: bytes | str) -> None:
@@ -52,6 +64,20 @@ def chain_cell(summary: Summary, verified: bool | None) -> render.Cell:
     return ("tail ok", "green") if summary.tail_ok else ("BROKEN", "red")
 
 
+def audit_cell(summary: Summary) -> render.Cell:
+    """Say whether the container's starts were all audited (see docs/cli.md, ``ls``)."""
+    audit = summary.audit
+    if audit is None:
+        return "-"
+    if audit.unaudited:
+        return ("UNAUDITED", "red")
+    if audit.events_missing:
+        return ("events missing", "yellow")
+    if audit.starts:
+        return ("ok", "green")
+    return "-"
+
+
 def ls_row(
     summary: Summary, now: datetime, *, exact: bool, verified: bool | None
 ) -> list[render.Cell]:
@@ -66,6 +92,7 @@ def ls_row(
         render.when(summary.last_ts, now, exact=exact),
         summary.last_action or "-",
         (state, render.STATE_STYLES.get(state)),
+        audit_cell(summary),
         chain_cell(summary, verified),
     ]
 
@@ -86,12 +113,17 @@ def ls_command(ctx: click.Context, *, as_json: bool, no_trunc: bool, full_verify
 
     CHAIN says "tail ok" when the last entries link to each other (cheap; not
     a verification), or, with --verify, "ok"/"FAILED" from a full verify.
+    AUDIT says "UNAUDITED" when Podman reported a start without its hook
+    entries, "events missing" for hook runs Podman's events never reported.
     """
     context = app(ctx)
     settings = context.settings()
     root = settings.root
+    audit_at = (time.time_ns() // 1000, round(settings.unaudited_grace * 1_000_000))
     with Trails(root) as trails:
-        summaries = [s for i in trails.ids() for s in [trails.summary(i)] if s is not None]
+        summaries = [
+            s for i in trails.ids() for s in [trails.summary(i, audit_at=audit_at)] if s is not None
+        ]
         warn(trails)
     summaries.sort(key=lambda s: (s.last_ts, s.container_id), reverse=True)
     verdicts: dict[str, bool | None] = dict.fromkeys((s.container_id for s in summaries), None)
@@ -194,13 +226,16 @@ def show_command(
     A name given to several containers over time shows the most recent one;
     --all shows each of them, oldest first.
     """
-    root = app(ctx).settings().root
+    settings = app(ctx).settings()
+    root = settings.root
+    grace_us = round(settings.unaudited_grace * 1_000_000)
     low, high = time_bounds(since, until, datetime.now(UTC))
     keep = entry_filter(since=low, until=high, actions=actions, source=source)
     ids = resolve_all(root, container, every=every)
     colour = False if as_json else colour_wanted()
     unreadable = 0
     for container_id in ids:
+        relevant: list[dict[str, object]] = []
         unreadable += _stream(
             root,
             container_id,
@@ -209,13 +244,51 @@ def show_command(
             colour=colour,
             exact=no_trunc,
             label=container_id[:12] if len(ids) > 1 else None,
+            relevant=relevant,
         )
+        audit = audit_entries(relevant, now_us=time.time_ns() // 1000, grace_us=grace_us)
+        _audit_notes(audit, container_id)
     sys.stdout.flush()
     if unreadable:
         click.echo(
             f"Note: {unreadable} line(s) could not be read as entries; run 'shieldaudit verify'",
             err=True,
         )
+
+
+_RECONCILED = WATCHED | {("events", "init")}
+
+
+def _audit_notes(audit: Audit, container_id: str) -> None:
+    """Say on stderr, after a trail, which of its starts ran without hook entries.
+
+    Stderr, so that stdout stays the entries (``--json``: one entry per line).
+    """
+    for verdict in audit.unaudited:
+        event = verdict.watch_event(container_id)
+        click.echo(
+            f"UNAUDITED: the start at {event['ts']} (seq {verdict.seq}) of {container_id[:12]} "
+            f"has no hook entry ({', '.join(verdict.missing)}): it ran with the OCI hooks "
+            "bypassed or removed",
+            err=True,
+        )
+    if audit.events_missing:
+        click.echo(
+            f"Note: {audit.events_missing} hook run(s) of {container_id[:12]} have no Podman "
+            "start event (the events listener was not running, or Podman lost the events)",
+            err=True,
+        )
+
+
+def _keep_noting(
+    entry: dict[str, object],
+    keep: Callable[[dict[str, object]], bool],
+    relevant: list[dict[str, object]],
+) -> bool:
+    """Apply ``show``'s filter; note the entries reconciliation needs, shown or not."""
+    if (entry.get("source"), entry.get("action")) in _RECONCILED:
+        relevant.append(entry)
+    return keep(entry)
 
 
 def _stream(
@@ -227,8 +300,12 @@ def _stream(
     colour: bool,
     exact: bool,
     label: str | None,
+    relevant: list[dict[str, object]],
 ) -> int:
-    """Print one trail's matching entries; return how many lines were not entries."""
+    """Print one trail's matching entries; return how many lines were not entries.
+
+    Every entry reconciliation looks at (matching or not) is added to ``relevant``.
+    """
     unreadable = 0
     binary = sys.stdout.buffer
     text = sys.stdout
@@ -254,7 +331,7 @@ def _stream(
                         if kind != INCOMPLETE or segment is not segments[-1]:
                             unreadable += 1
                         continue
-                    if not keep(entry):
+                    if not _keep_noting(entry, keep, relevant):
                         continue
                     if as_json:
                         binary.write(line + b"\n")

@@ -9,6 +9,8 @@ is relative to a directory descriptor with ``O_NOFOLLOW`` (:mod:`.store.layout`)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import os
 import stat
 from pathlib import Path
@@ -18,13 +20,26 @@ from shieldaudit.errors import ShieldAuditError, StorageError
 from shieldaudit.store import chain, layout
 from shieldaudit.store.reader import MAX_LINE_BYTES
 from shieldaudit.summary import Summary, summarise
+from shieldaudit.watch.reconcile import Audit, audit_entries, ts_us
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
 #: Entries read from a trail's end for ``ls``: enough to find the latest name
 #: and lifecycle action and to check a few chain links.
 TAIL_ENTRIES: Final = 8
+#: Entries ``ls`` reconciles (unaudited starts): the last ones and the first ones.
+#: Nearly every trail is shorter than this and is judged whole.
+AUDIT_TAIL_ENTRIES: Final = 512
+AUDIT_HEAD_ENTRIES: Final = 64
+#: Lines reconciliation looks at; others are not even parsed.
+_AUDIT_MARKERS: Final = (
+    b'"action":"start"',
+    b'"action":"init"',
+    b'"action":"createRuntime"',
+    b'"action":"poststart"',
+)
+_FAR_FUTURE_US: Final = 1 << 62
 _HEAD_CHUNK: Final = 4096
 _STREAM_CHUNK: Final = 256 * 1024
 #: Kinds of line :func:`stream_lines` yields.
@@ -125,8 +140,17 @@ class Trails:
             create=False,
         )
 
-    def summary(self, container_id: str, tail: int = TAIL_ENTRIES) -> Summary | None:
+    def summary(
+        self,
+        container_id: str,
+        tail: int = TAIL_ENTRIES,
+        *,
+        audit_at: tuple[int, int] | None = None,
+    ) -> Summary | None:
         """Summarise one trail from its head and tail.
+
+        With ``audit_at`` (now and the grace period, in µs) the summary also
+        says whether the container had unaudited starts (:func:`audit_window`).
 
         Returns None when the trail vanished meanwhile (pruned), or when it is
         unsafe or unreadable: that is noted in :attr:`problems` and the other
@@ -142,13 +166,90 @@ class Trails:
         try:
             names = segment_names(dir_fd)
             first = _first_entry(dir_fd, names)
-            lines = tail_lines(dir_fd, names, tail)
+            if audit_at is None:
+                lines = tail_lines(dir_fd, names, tail)
+                audit = None
+            else:
+                window = tail_lines(dir_fd, names, max(tail, AUDIT_TAIL_ENTRIES))
+                lines = window[-tail:] if tail > 0 else []
+                head = None
+                if len(window) >= AUDIT_TAIL_ENTRIES and not _starts_trail(window, first):
+                    head = _head_window(dir_fd, names, AUDIT_HEAD_ENTRIES)
+                audit = audit_window(window, head, now_us=audit_at[0], grace_us=audit_at[1])
         except ShieldAuditError as exc:
             self.problems.append(f"skipped {container_id[:12]}: {exc.message}")
             return None
         finally:
             os.close(dir_fd)
-        return summarise(container_id, first, lines, len(names))
+        summary = summarise(container_id, first, lines, len(names))
+        return summary if audit is None else dataclasses.replace(summary, audit=audit)
+
+
+def _relevant(lines: Iterable[bytes]) -> list[dict[str, object]]:
+    """Parse only the lines reconciliation looks at (cheap: a substring test per line)."""
+    found = []
+    for line in lines:
+        if any(marker in line for marker in _AUDIT_MARKERS):
+            with contextlib.suppress(ValueError):
+                found.append(chain.parse_line(line))
+    return found
+
+
+def _starts_trail(window: list[bytes], first: dict[str, object] | None) -> bool:
+    """Return whether ``window`` begins with the trail's first entry (it is the whole trail)."""
+    if first is None or not window:
+        return True
+    try:
+        return chain.parse_line(window[0]).get("seq") == first.get("seq")
+    except ValueError:
+        return False
+
+
+def audit_window(
+    tail: list[bytes], head: list[bytes] | None, *, now_us: int, grace_us: int
+) -> Audit:
+    """Reconcile what ``ls`` read of a trail: all of it, or its first and last entries.
+
+    ``head`` is None when ``tail`` holds the whole trail: then the result is
+    exact. Otherwise the first entries are judged as a trail of their own (their
+    hook runs whose start event lies further on are not "events missing"), and
+    the last ones with a floor at their first hook entry: a hookless start in
+    them counts only after a start whose hook entries are in the window too (its
+    own may lie before the window).
+    """
+    if head is None:
+        return audit_entries(_relevant(tail), now_us=now_us, grace_us=grace_us)
+    first_part = audit_entries(_relevant(head), now_us=now_us, grace_us=grace_us)
+    entries = _relevant(tail)
+    hook_times = [
+        ts_us(e.get("ts"))
+        for e in entries
+        if e.get("source") == "hook" and e.get("action") in {"createRuntime", "poststart"}
+    ]
+    floor = next((us for us in hook_times if us is not None), _FAR_FUTURE_US)
+    last_part = audit_entries(entries, now_us=now_us, grace_us=grace_us, floor_us=floor)
+    return Audit(
+        starts=first_part.starts + last_part.starts,
+        unaudited=first_part.unaudited + last_part.unaudited,
+        pending=last_part.pending,
+        unknown=first_part.unknown + last_part.unknown,
+        events_missing=last_part.events_missing,
+    )
+
+
+def _head_window(dir_fd: int, names: list[str], count: int) -> list[bytes]:
+    """Return up to ``count`` first complete lines of the oldest segment that has any."""
+    for name in names:
+        fd = _open(dir_fd, name)
+        if fd is None:
+            continue
+        try:
+            lines = list(itertools.islice(_head_lines(fd), count))
+        finally:
+            os.close(fd)
+        if lines:
+            return lines
+    return []
 
 
 def segment_names(dir_fd: int) -> list[str]:
