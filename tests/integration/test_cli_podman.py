@@ -110,3 +110,74 @@ def test_name_reused_by_two_podman_containers(podman_env, tmp_path):
         (first, name, "exited"),
     ]
     assert _sa(root, "verify").returncode == 0
+
+
+def _listen(root: Path, url: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start `shieldaudit listen` on the service; return once it saved its first cursor."""
+    with log.open("ab") as err:
+        proc = subprocess.Popen(
+            [SHIELDAUDIT, "--root", str(root), "listen", "--url", url],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    cursor = root / "state" / "listener-cursor.json"
+    try:
+        _wait_for(cursor.exists, "the listener's first cursor")
+    except BaseException:
+        proc.kill()
+        proc.wait(timeout=30)
+        raise
+    return proc
+
+
+def _states(root: Path) -> dict[str, str]:
+    """Return ls's state per container name."""
+    listing = _sa(root, "ls", "--json")
+    assert listing.returncode == 0, listing.stderr
+    return {row["name"]: row["state"] for row in map(json.loads, listing.stdout.splitlines())}
+
+
+def test_failed_create_and_paused_container_states(podman_service, tmp_path):
+    """Real Podman + runc, hooks and listener: a missing command is 'failed', a pause 'paused'.
+
+    `podman run … /no/such/command` fails in `runc create` (exit 127): the
+    trail holds the hook's createRuntime and the events create and cleanup,
+    never a start, and ls and show say 'failed'. `podman pause` is recorded
+    by the listener only (no OCI hook runs on a pause): 'paused', then
+    'running' after `podman unpause`.
+    """
+    podman = podman_service.podman
+    hooks_dir, root = _install(tmp_path)
+    hooks = ("--hooks-dir", str(hooks_dir))
+    failing, pausing = f"cli-bad-{uuid.uuid4().hex[:8]}", f"cli-pause-{uuid.uuid4().hex[:8]}"
+    env = {**podman.env, "SHIELDAUDIT_FSYNC": "never"}
+    listener = _listen(root, podman_service.url, env, tmp_path / "listen.log")
+    try:
+        bad = podman.run(
+            *hooks, "run", "--name", failing, podman.image, "/no/such/command", check=False
+        )
+        assert bad.returncode != 0
+        assert "/no/such/command" in bad.stderr
+        podman.run(*hooks, "run", "-d", "--name", pausing, podman.image, "sleep", "1000")
+        podman.run(*hooks, "pause", pausing)
+        _wait_for(
+            lambda: _states(root) == {failing: "failed", pausing: "paused"},
+            "ls to show failed and paused",
+        )
+        shown = _sa(root, "show", failing)
+        assert shown.stdout.splitlines()[-1] == "state: failed"
+        actions = [
+            json.loads(x)["action"] for x in _sa(root, "show", failing, "--json").stdout.split()
+        ]
+        assert "createRuntime" in actions
+        assert not {"poststart", "start", "init"} & set(actions)
+        assert _sa(root, "show", pausing).stdout.splitlines()[-1] == "state: paused"
+        podman.run(*hooks, "unpause", pausing)
+        _wait_for(lambda: _states(root)[pausing] == "running", "ls to show running again")
+    finally:
+        podman.run(*hooks, "rm", "--force", "--time", "0", failing, pausing, check=False)
+        listener.terminate()
+        listener.wait(timeout=30)
+    assert _sa(root, "verify").returncode == 0

@@ -130,9 +130,11 @@ def test_show_all_shows_every_container_that_had_the_name_oldest_first(root):
     """--all shows each container the name was given to, oldest first, labelled by short ID."""
     result = invoke(root, "show", "web", "--all")
     assert result.code == 0
-    assert len(result.lines) == 8
+    assert len(result.lines) == 10
     assert result.lines[0].split()[1] == WEB_OLD[:12]
-    assert result.lines[-1].split()[1] == WEB_NEW[:12]
+    assert result.lines[5] == f"{WEB_OLD[:12]}  state: removed"
+    assert result.lines[-2].split()[1] == WEB_NEW[:12]
+    assert result.lines[-1] == f"{WEB_NEW[:12]}  state: exited"
 
 
 def test_show_by_unique_prefix_and_json_lines_are_stored_bytes(root):
@@ -242,7 +244,8 @@ def test_show_ignores_a_final_line_still_being_written(tmp_path):
     with (root / "containers" / cid("f") / "audit.jsonl").open("ab") as f:
         f.write(b'{"seq":2,"ts"')
     result = invoke(root, "show", "fff")
-    assert len(result.lines) == 1
+    assert len(result.lines) == 2
+    assert result.lines[-1] == "state: created"
     assert result.err == ""
 
 

@@ -176,6 +176,8 @@ def _summary(state, last_ts="2026-01-01T00:00:00.000000Z"):
     [
         (State.EXITED, "2026-01-01T00:00:00.000000Z", False, False),
         (State.REMOVED, "2026-01-01T00:00:00.000000Z", False, False),
+        (State.FAILED, "2026-01-01T00:00:00.000000Z", False, False),
+        (State.PAUSED, "2026-01-01T00:00:00.000000Z", False, True),
         (State.RUNNING, "2026-01-01T00:00:00.000000Z", False, True),
         (State.CREATED, "2026-01-01T00:00:00.000000Z", False, True),
         (State.UNKNOWN, "2026-01-01T00:00:00.000000Z", False, True),

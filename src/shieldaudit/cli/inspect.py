@@ -224,7 +224,9 @@ def show_command(
     """Show the trail of CONTAINER (a name or a unique ID prefix), oldest first.
 
     A name given to several containers over time shows the most recent one;
-    --all shows each of them, oldest first.
+    --all shows each of them, oldest first. Each container's entries end with
+    a 'state:' line (created, running, paused, exited, failed, removed), as in
+    ls; --json prints only the stored entries.
     """
     settings = app(ctx).settings()
     root = settings.root
@@ -235,6 +237,7 @@ def show_command(
     colour = False if as_json else colour_wanted()
     unreadable = 0
     for container_id in ids:
+        label = container_id[:12] if len(ids) > 1 else None
         relevant: list[dict[str, object]] = []
         unreadable += _stream(
             root,
@@ -243,11 +246,13 @@ def show_command(
             as_json=as_json,
             colour=colour,
             exact=no_trunc,
-            label=container_id[:12] if len(ids) > 1 else None,
+            label=label,
             relevant=relevant,
         )
         audit = audit_entries(relevant, now_us=time.time_ns() // 1000, grace_us=grace_us)
         _audit_notes(audit, container_id)
+        if not as_json:
+            _state_line(root, container_id, label=label, colour=colour)
     sys.stdout.flush()
     if unreadable:
         click.echo(
@@ -289,6 +294,21 @@ def _keep_noting(
     if (entry.get("source"), entry.get("action")) in _RECONCILED:
         relevant.append(entry)
     return keep(entry)
+
+
+def state_line(summary: Summary, *, label: str | None, colour: bool) -> str:
+    """Return the line that ends a container's entries in ``show``: its lifecycle state (pure)."""
+    state = str(summary.state)
+    prefix = f"{label}  " if label is not None else ""
+    return f"{prefix}state: {render.paint(state, render.STATE_STYLES.get(state), colour=colour)}"
+
+
+def _state_line(root: Path, container_id: str, *, label: str | None, colour: bool) -> None:
+    """Print the container's state after its entries (nothing if the trail went meanwhile)."""
+    with Trails(root) as trails:
+        summary = trails.summary(container_id)
+    if summary is not None:
+        sys.stdout.write(state_line(summary, label=label, colour=colour) + "\n")
 
 
 def _stream(

@@ -1,7 +1,7 @@
 """``shieldaudit prune --older-than AGE``: remove whole trails of containers that are gone.
 
 A trail is removed only when all of these hold (:func:`keep_reason` decides):
-its lifecycle ended (the trail says ``exited`` or ``removed``), its last
+its lifecycle ended (the trail says ``exited``, ``failed`` or ``removed``), its last
 activity is older than AGE, and it was not modified in the last
 :data:`SETTLE_S` seconds. The last activity is the later of the last entry's
 recorded time and the trail's modification time (its ``audit.jsonl`` or its
@@ -223,8 +223,8 @@ def prune(
 def prune_command(ctx: click.Context, *, older_than: str, dry_run: bool, as_json: bool) -> None:
     """Remove the trails of containers that ended more than AGE ago.
 
-    Only trails whose lifecycle ended (exited or removed) are touched; a
-    running, created or unknown container's trail is always kept.
+    Only trails whose lifecycle ended (exited, failed or removed) are touched;
+    a running, paused, created or unknown container's trail is always kept.
     """
     age = parse_age(older_than, what="--older-than")
     root = app(ctx).settings().root

@@ -32,7 +32,9 @@ STYLES: Final[dict[str, str]] = {
 STATE_STYLES: Final[dict[str, str]] = {
     "created": "cyan",
     "running": "green",
+    "paused": "blue",
     "exited": "yellow",
+    "failed": "red",
     "removed": "dim",
     "unknown": "magenta",
 }

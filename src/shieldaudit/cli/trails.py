@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import os
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Self
 
@@ -181,7 +182,7 @@ class Trails:
             return None
         finally:
             os.close(dir_fd)
-        summary = summarise(container_id, first, lines, len(names))
+        summary = summarise(container_id, first, lines, len(names), datetime.now(UTC))
         return summary if audit is None else dataclasses.replace(summary, audit=audit)
 
 
