@@ -42,6 +42,8 @@ METRICS = {
     "shieldaudit_listener_connected",
     "shieldaudit_listener_reconnects_total",
     "shieldaudit_build_info",
+    "shieldaudit_unaudited_starts_total",
+    "shieldaudit_hooks_installed",
 }
 
 
@@ -318,6 +320,9 @@ def test_alerts_cover_the_issue_and_use_only_real_metrics():
     assert "shieldaudit_integrity_failures_total" in alerts["ShieldauditIntegrityFailure"]["expr"]
     assert alerts["ShieldauditListenerDisconnected"]["for"] == "5m"
     assert 'source="hook"' in alerts["ShieldauditNoHookEventsWhileContainersRun"]["expr"]
+    assert "shieldaudit_unaudited_starts_total" in alerts["ShieldauditUnauditedStart"]["expr"]
+    assert alerts["ShieldauditUnauditedStart"]["labels"]["severity"] == "critical"
+    assert "shieldaudit_hooks_installed" in alerts["ShieldauditHooksNotInstalled"]["expr"]
     for rule in alerts.values():
         assert metric_names(rule["expr"]) <= METRICS, rule["alert"]
         assert rule["labels"]["severity"] in {"info", "warning", "critical"}
