@@ -30,7 +30,10 @@ def main() -> None:
         root=Path(root), max_segment_bytes=segment, keep_segments=0, fsync=fsync
     )
     counter = itertools.count() if count < 0 else range(count)
-    with TrailWriter(settings) as writer:
+    # The lock wait is bounded at 2 s in production; 16 workers appending in a
+    # tight loop on a loaded machine can starve one for longer, and these tests
+    # pin what contention does to the trail, not the bound.
+    with TrailWriter(settings, lock_timeout=120) as writer:
         for i in counter:
             detail = f"{name}-{i}"
             writer.append(container_id, {"source": "cli", "action": "test", "detail": detail})

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import selectors
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from shieldaudit.store.verify import verify_container
 from store_helpers import CID_A, all_lines, trail
@@ -66,6 +69,26 @@ def test_several_containers_written_in_parallel(tmp_path):
         assert len(_check_contiguous(root, cid)) == 160
 
 
+def _await_first_ack(batch: list[subprocess.Popen[str]], timeout: float = 120) -> str:
+    """Return the first entry some worker of the batch acknowledged (its line is consumed).
+
+    A worker may die first (a lock wait over the bound while its siblings
+    append in a tight loop on a loaded machine): the others are still awaited.
+    """
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        for worker in batch:
+            assert worker.stdout is not None
+            selector.register(worker.stdout, selectors.EVENT_READ)
+        while selector.get_map() and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=0.5):
+                line = key.fileobj.readline()  # type: ignore[union-attr]
+                if line.startswith("ack "):
+                    return str(line.split(" ", 1)[1].strip())
+                selector.unregister(key.fileobj)  # end of output: that worker died
+    pytest.fail("no worker of the batch appended")
+
+
 def test_sigkill_at_random_moments_never_corrupts_the_trail(tmp_path):
     """50+ writers killed with SIGKILL mid-stream; later writers continue correctly.
 
@@ -80,6 +103,9 @@ def test_sigkill_at_random_moments_never_corrupts_the_trail(tmp_path):
     torn_injected = 0
     while kills < 50:
         batch = [_spawn(root, CID_A, -1, 1500) for _ in range(3)]
+        # At least one append per batch, however slowly the workers start on a
+        # loaded machine: it sets aside the fragment injected before the batch.
+        acked.add(_await_first_ack(batch))
         time.sleep(rng.uniform(0.05, 0.25))
         for worker in batch:
             worker.send_signal(signal.SIGKILL)
