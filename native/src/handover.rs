@@ -31,20 +31,30 @@ pub fn python() -> PathBuf {
 /// Replace this process by `python -I -B -m shieldaudit.hook ARGS` with `stdin` as its stdin.
 ///
 /// Returns only when that was impossible, with a sentence saying why.
-pub fn exec_reference(args: &[OsString], stdin: &[u8]) -> String {
+/// `stdin` None leaves the process's own stdin in place (nothing was read from it).
+pub fn exec_reference(args: &[OsString], stdin: Option<&[u8]>) -> String {
     let program = python();
-    let input = match stdin_copy(stdin) {
-        Ok(file) => file,
-        Err(err) => return format!("cannot hand over to the Python reference path: {}", err),
-    };
-    let err = Command::new(&program)
+    let mut command = Command::new(&program);
+    command
         .arg("-I")
         .arg("-B")
         .arg("-m")
         .arg("shieldaudit.hook")
-        .args(args)
-        .stdin(Stdio::from(input))
-        .exec();
+        .args(args);
+    if let Some(data) = stdin {
+        match stdin_copy(data) {
+            Ok(file) => {
+                command.stdin(Stdio::from(file));
+            }
+            Err(err) => {
+                return format!(
+                    "cannot hand the state over to the Python reference path: {}",
+                    crate::os_reason(&err)
+                )
+            }
+        }
+    }
+    let err = command.exec();
     format!(
         "cannot run the Python reference path {}: {}",
         shown(program.as_os_str()),

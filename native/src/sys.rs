@@ -23,6 +23,7 @@ extern "C" {
     fn flock(fd: c_int, operation: c_int) -> c_int;
     fn geteuid() -> c_uint;
     fn memfd_create(name: *const c_char, flags: c_uint) -> c_int;
+    fn signal(signum: c_int, handler: usize) -> usize;
 }
 
 /// `open(2)` flags (Linux; the values differ between architectures).
@@ -30,18 +31,33 @@ pub const O_RDONLY: c_int = 0;
 pub const O_WRONLY: c_int = 0o1;
 pub const O_RDWR: c_int = 0o2;
 pub const O_CREAT: c_int = 0o100;
-pub const O_EXCL: c_int = 0o200;
 pub const O_APPEND: c_int = 0o2000;
 pub const O_NONBLOCK: c_int = 0o4000;
 pub const O_CLOEXEC: c_int = 0o2000000;
 pub const O_PATH: c_int = 0o10000000;
-#[cfg(any(target_arch = "aarch64", target_arch = "arm", target_arch = "powerpc64"))]
+#[cfg(any(
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "powerpc64"
+))]
 pub const O_DIRECTORY: c_int = 0o40000;
-#[cfg(any(target_arch = "aarch64", target_arch = "arm", target_arch = "powerpc64"))]
+#[cfg(any(
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "powerpc64"
+))]
 pub const O_NOFOLLOW: c_int = 0o100000;
-#[cfg(not(any(target_arch = "aarch64", target_arch = "arm", target_arch = "powerpc64")))]
+#[cfg(not(any(
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "powerpc64"
+)))]
 pub const O_DIRECTORY: c_int = 0o200000;
-#[cfg(not(any(target_arch = "aarch64", target_arch = "arm", target_arch = "powerpc64")))]
+#[cfg(not(any(
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "powerpc64"
+)))]
 pub const O_NOFOLLOW: c_int = 0o400000;
 /// `AT_FDCWD`: relative paths are resolved from the working directory.
 pub const AT_FDCWD: c_int = -100;
@@ -122,4 +138,15 @@ pub fn memory_file(name: &str) -> io::Result<File> {
     }
     // SAFETY: `fd` is a descriptor just returned by memfd_create that nothing else owns.
     Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Ignore SIGXFSZ, as Python does: a write past the file size limit then fails
+/// with EFBIG (reported, and the partial entry removed) instead of killing the hook.
+pub fn ignore_file_size_signal() {
+    const SIGXFSZ: c_int = 25;
+    const SIG_IGN: usize = 1;
+    // SAFETY: installs the predefined "ignore" disposition; no handler code runs.
+    unsafe {
+        signal(SIGXFSZ, SIG_IGN);
+    }
 }
