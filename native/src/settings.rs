@@ -16,6 +16,8 @@ const DEFAULT_CONFIG_FILE: &str = "/etc/shieldaudit/config.toml";
 const DEFAULT_ROOT_FOR_ROOT: &str = "/var/lib/shieldaudit";
 const DEFAULT_MAX_SEGMENT_BYTES: u64 = 10 * 1024 * 1024;
 const MIN_SEGMENT_BYTES: u64 = 256;
+const MAX_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
+const MAX_KEEP_SEGMENTS: u64 = 100_000;
 const TRUE_WORDS: [&str; 4] = ["1", "true", "yes", "on"];
 const FALSE_WORDS: [&str; 5] = ["0", "false", "no", "off", ""];
 
@@ -99,7 +101,7 @@ pub fn lean() -> Option<Settings> {
         var("SHIELDAUDIT_MAX_SEGMENT_BYTES").ok()?,
         DEFAULT_MAX_SEGMENT_BYTES,
     )?;
-    plain_int(var("SHIELDAUDIT_KEEP_SEGMENTS").ok()?, 20)?;
+    let keep = plain_int(var("SHIELDAUDIT_KEEP_SEGMENTS").ok()?, 20)?;
     let fsync_text = var("SHIELDAUDIT_FSYNC")
         .ok()?
         .unwrap_or_else(|| "always".into());
@@ -108,7 +110,8 @@ pub fn lean() -> Option<Settings> {
     let key_file = strip(&key_text)?;
     let closed_text = var("SHIELDAUDIT_FAIL_CLOSED").ok()?.unwrap_or_default();
     let closed = strip(&closed_text)?.to_ascii_lowercase();
-    if max_bytes < MIN_SEGMENT_BYTES
+    if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&max_bytes)
+        || keep > MAX_KEEP_SEGMENTS
         || (fsync != "always" && fsync != "never")
         || (!key_file.is_empty() && !plain_path(key_file))
         || !(TRUE_WORDS.contains(&closed.as_str()) || FALSE_WORDS.contains(&closed.as_str()))

@@ -38,7 +38,7 @@ fn is_regular(mode: u32) -> bool {
 }
 
 /// The signing key: (secret, chain name), None when unkeyed.
-pub fn signing_key(path: Option<&str>) -> Result<Option<(Vec<u8>, String)>, Outcome> {
+pub fn signing_key(path: Option<&str>, root: &str) -> Result<Option<(Vec<u8>, String)>, Outcome> {
     let path = match path {
         Some(path) => path,
         None => return Ok(None),
@@ -80,6 +80,11 @@ pub fn signing_key(path: Option<&str>) -> Result<Option<(Vec<u8>, String)>, Outc
         return Err(doubt());
     }
     let secret = secrets[0].to_vec();
+    let real_key = std::fs::canonicalize(path).map_err(|_| doubt())?;
+    let real_root = std::fs::canonicalize(root).map_err(|_| doubt())?;
+    if real_key.starts_with(&real_root) {
+        return Err(Outcome::hand_over("the key file is inside the trail root"));
+    }
     let mut kid_input = b"shieldaudit-kid\0".to_vec();
     kid_input.extend_from_slice(&secret);
     let kid = hex(&sha256(&kid_input))[..16].to_string();
@@ -375,12 +380,12 @@ fn append_inner(
     fields: &Fields,
     now_ns: &dyn Fn() -> u128,
 ) -> Result<Outcome, Outcome> {
-    let key = signing_key(settings.key_file.as_deref())?;
     let root = open_root_dir(&settings.root)
         .map_err(|_| Outcome::hand_over("the root cannot be opened"))?;
     if !trusted(&root) {
         return Err(Outcome::hand_over("the root is not private to this user"));
     }
+    let key = signing_key(settings.key_file.as_deref(), &settings.root)?;
     let containers = subdir(&root, "containers")?;
     let dir = subdir(&containers, container_id)?;
     drop(containers);
@@ -549,9 +554,9 @@ fn error_log_regular(state: &File) -> Result<File, String> {
             Ok(_) => Err(String::new()),
             Err(err) => Err(os_reason(&err)),
         },
-        // Python: ENOENT is an OSError worded as such, anything else "not a regular file".
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Err(os_reason(&err)),
-        Err(_) => Err(String::new()),
+        // ELOOP (a symlink), ENXIO (a FIFO without a reader): "not a regular file".
+        Err(err) if matches!(err.raw_os_error(), Some(40) | Some(6)) => Err(String::new()),
+        Err(err) => Err(os_reason(&err)),
     }
 }
 
@@ -632,20 +637,16 @@ pub fn record_error(
             root, reason
         ))
     };
-    let flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW;
-    let state = match sys::open_at(Some(&dir), "state", flags, 0) {
+    // As the Python hook: mkdir (an existing one is fine), then open without
+    // following a symlink; a file or symlink there is "not a regular file".
+    match sys::mkdir_at(&dir, "state", 0o700) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return cannot(os_reason(&e)),
+        _ => {}
+    }
+    let state = match sys::open_at(Some(&dir), "state", O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0) {
         Ok(state) => state,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            match sys::mkdir_at(&dir, "state", 0o700) {
-                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Some(not_regular),
-                _ => {}
-            }
-            match sys::open_at(Some(&dir), "state", flags, 0) {
-                Ok(state) => state,
-                Err(_) => return Some(not_regular),
-            }
-        }
-        Err(_) => return Some(not_regular),
+        Err(e) if matches!(e.raw_os_error(), Some(20) | Some(40)) => return Some(not_regular),
+        Err(e) => return cannot(os_reason(&e)),
     };
     let mut out = match error_log_regular(&state) {
         Ok(out) => out,
