@@ -46,7 +46,7 @@ def test_verify_refuses_a_directory_others_can_write(tmp_path, which):
     assert result.returncode == 1, result.stdout
     assert result.stderr.strip() == (
         f"Error: {target} is writable by group or others (mode 0770), so other users could "
-        f"remove trails: check its content, then run 'chmod go-w {target}'"
+        f"remove or replace what it holds: check its content, then run 'chmod go-w {target}'"
     )
 
 

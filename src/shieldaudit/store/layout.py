@@ -153,15 +153,16 @@ def check_dir(fd: int, parent_fd: int, shown: Path | str) -> None:
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise UnsafePathError(
             f"{shown} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}), "
-            f"so other users could remove trails: check its content, then run 'chmod go-w {shown}'",
+            "so other users could remove or replace what it holds: check its content, "
+            f"then run 'chmod go-w {shown}'",
         )
     if st.st_uid != 0:
         owner = os.fstat(parent_fd).st_uid
         if st.st_uid != owner:
             raise UnsafePathError(
                 f"{shown} belongs to uid {st.st_uid}, not to the owner of the directory above "
-                f"it (uid {owner}) or root, so that user could remove trails: check its "
-                f"content, then run 'chown {owner} {shown}'",
+                f"it (uid {owner}) or root, so that user could remove or replace what it "
+                f"holds: check its content, then run 'chown {owner} {shown}'",
             )
 
 
