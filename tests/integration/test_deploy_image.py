@@ -140,17 +140,47 @@ def _build_context(dest: Path, wheels_from: Path) -> None:
     shutil.copytree(wheels_from, dest / "wheels")
 
 
+def host_suite() -> str:
+    """The host's Debian release (VERSION_CODENAME), which the base image is built from."""
+    for line in Path("/etc/os-release").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == "VERSION_CODENAME" and value.strip("\"'"):
+            return value.strip("\"'")
+    pytest.fail("no VERSION_CODENAME in /etc/os-release: not a Debian release", pytrace=False)
+
+
+def base_python(podman: PodmanEnv) -> str:
+    """``major.minor`` of the base image's python3."""
+    code = "import sys; print('%d.%d' % sys.version_info[:2])"
+    return podman.run("run", "--rm", BASE_IMAGE, "python3", "-c", code).stdout.strip()
+
+
 def build_images(podman: PodmanEnv, work: Path, cache: Path) -> None:
-    """Build the base image (cached rootfs) and the sidecar image into ``podman``'s storage."""
+    """Build the base image (cached rootfs) and the sidecar image into ``podman``'s storage.
+
+    The base is the host's own Debian release (the script's default; one
+    cached root filesystem per release), so its python3 is the one the wheels
+    below are built for.
+    """
     base = subprocess.run(
         [str(REPO / "scripts" / "build-base-image.sh"), BASE_IMAGE],
-        env={**podman.env, "ROOTFS_CACHE": str(cache / "rootfs-bookworm.tar")},
+        env={**podman.env, "ROOTFS_CACHE_DIR": str(cache)},
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
     assert base.returncode == 0, base.stderr
+    (info,) = json.loads(podman.run("image", "inspect", BASE_IMAGE).stdout)
+    assert info["Config"]["Labels"]["io.shieldaudit.base.suite"] == host_suite()
+    here = "{}.{}".format(*sys.version_info[:2])
+    if base_python(podman) != here:
+        pytest.fail(
+            f"the base image ({host_suite()}) has python{base_python(podman)} but the wheels "
+            f"would be built by python{here} ({sys.executable}), which cannot install there: "
+            "run the suite from a venv of the host's python3 (make clean venv)",
+            pytrace=False,
+        )
     wheels = work / "wheels"
     # On the host, where pip's index configuration works: the image build then
     # runs with --network none and proves the documented offline path.
@@ -444,8 +474,9 @@ def test_daemonset_init_container_leaves_a_working_hook_on_the_node(
     Host directories stand in for the node's hooks dir, /opt/shieldaudit and
     trail root. Every hooks.d file names the native hook inside the copied
     /opt/shieldaudit and that venv's python for the reference path; running
-    it on this host (Debian with python3.11, as the docs require of nodes)
-    with the file's own environment writes an entry.
+    it on this host (the image is built from the host's own Debian release,
+    as the docs require of nodes) with the file's own environment writes an
+    entry.
     """
     (daemonset,) = yaml.safe_load_all((REPO / "deploy" / "kube" / "daemonset.yaml").read_text())
     (init,) = daemonset["spec"]["template"]["spec"]["initContainers"]
