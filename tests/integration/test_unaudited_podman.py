@@ -370,6 +370,11 @@ def test_listener_down_then_catching_up_and_sidecar_kill9(setup, podman_env, pod
     third = start()
     fence(podman_env, hooks, root)
     wait_until(lambda: all_judged(root), "every start judged")
+    # A count is published just after the checkpoint that judged it is saved.
+    wait_until(
+        lambda: third.metrics().get("shieldaudit_unaudited_starts_total", 0) >= 2,
+        "the two judged starts to be published",
+    )
     assert third.metrics()["shieldaudit_unaudited_starts_total"] == 2
     alarms = [e["container"] for e in third.emitted("unaudited_start")]
     assert sorted(alarms) == ["pending", "while-dead"]  # not "while-down" again
