@@ -298,3 +298,41 @@ def test_hook_and_event_entries_share_one_trail_and_seq(podman_env, listen, tmp_
     assert sources["events"] >= len(LIFECYCLE)
     assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
     assert verify_container(listen.root, cid, chain.NO_KEYS).ok
+
+
+def test_stops_with_the_listener_record_one_named_hook_poststop(podman_env, listen, tmp_path):
+    """`run -d` + `stop` with the listener running: one named hook poststop per stop.
+
+    Podman may run poststop twice for one stop, and the listener's ``died`` can
+    land between the two runs; the repeat is recognised by the last hook entry,
+    so no second (nameless) poststop is written. Four containers at a time.
+    """
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from shieldaudit.cli import cli  # noqa: PLC0415
+
+    hooks_dir = tmp_path / "hooks.d"
+    installed = CliRunner().invoke(
+        cli, ["--root", str(listen.root), "install-hooks", "--hooks-dir", str(hooks_dir)]
+    )
+    assert installed.exit_code == 0, installed.output
+    hooks = ("--hooks-dir", str(hooks_dir))
+    names = [unique(f"lst-stop{i}") for i in range(8)]
+
+    def cycle(name: str) -> None:
+        podman_env.run(*hooks, "run", "-d", "--name", name, podman_env.image, "sleep", "600")
+        podman_env.run(*hooks, "stop", "-t", "1", name)
+        podman_env.run(*hooks, "rm", name)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(cycle, names))
+    wait_removed(listen.root, *names)
+
+    for name in names:
+        (entries,) = [
+            found
+            for found in trails(listen.root).values()
+            if any(e["container"] == name for e in found)
+        ]
+        hook = [(e["action"], e["container"]) for e in entries if e["source"] == "hook"]
+        assert hook == [(stage, name) for stage in ("createRuntime", "poststart", "poststop")]
