@@ -7,6 +7,7 @@ entries (or recorded failures) appear, never only that a container ran.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 import uuid
@@ -144,7 +145,7 @@ def test_annotation_selects_the_audited_containers(podman_env, tmp_path):
 def test_fail_closed_unwritable_root_refuses_the_container(podman_env, tmp_path):
     """Fail-closed and a root that is a regular file: Podman refuses to start, naming the hook."""
     hooks_dir, root = install(tmp_path, "--fail-closed")
-    root.rmdir()
+    shutil.rmtree(root)  # install-hooks keeps its manifest under state/
     root.write_text("not a directory\n")
     name = unique("hook-closed")
 
