@@ -20,6 +20,7 @@ BENCHMARKS = (
     ("listener lag", HERE / "listener_lag.py"),
     ("sidecar", HERE / "sidecar" / "run.py"),
     ("cli", HERE / "cli" / "run.py"),
+    ("unaudited latency", HERE / "unaudited_latency.py"),
 )
 
 

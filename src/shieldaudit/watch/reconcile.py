@@ -26,8 +26,8 @@ numbers per container, checkpointed by the sidecar with its position, so a
 restarted sidecar neither judges a start twice nor skips one.
 
 Hook entries are kept until a start consumes them, at most :data:`MAX_HOOKS`
-per container (a listener down for a long time while a container restarts
-often); the time of the newest one dropped becomes the ledger's *floor*. A
+per container (a listener down while a container restarts again and again);
+the time of the newest one dropped becomes the ledger's *floor*. A
 start whose interval reaches below the floor and lacks hook entries is
 ``unknown`` (not counted): the missing entries may be among those dropped, or
 in history this ledger never saw (``--from-end``, an upgrade).
@@ -54,8 +54,9 @@ HOOK_KINDS: Final[dict[tuple[object, object], int]] = {
 }
 START: Final = ("events", "start")
 WATCHED: Final = frozenset({*HOOK_KINDS, START})
-#: Hook entries kept per container while no start event consumes them.
-MAX_HOOKS: Final = 64
+#: Hook entries kept per container while no start event consumes them (four runs):
+#: the checkpoint carries them, for every trail, on a host without a listener.
+MAX_HOOKS: Final = 8
 #: Start events waiting for their grace period, per container (a flood is judged early).
 MAX_PENDING: Final = 256
 #: Default grace period, seconds: Podman's event delay (file logger: ~0.25 s) with margin.
@@ -176,9 +177,11 @@ class Ledger:
         if us is None or us <= self.last_start:
             return  # malformed, or part of an interval already judged (a replay, a late entry)
         if key == START:
-            item = (us, seq, name if isinstance(name, str) else "")
-            if item[:2] not in {p[:2] for p in self.pending}:
-                bisect.insort(self.pending, item)
+            pending = self.pending
+            at = bisect.bisect_left(pending, (us, seq))
+            if at < len(pending) and pending[at][:2] == (us, seq):
+                return  # the same entry read again (a resync)
+            pending.insert(at, (us, seq, name if isinstance(name, str) else ""))
             return
         kind = HOOK_KINDS.get(key)
         if kind is None:
