@@ -266,6 +266,8 @@ def summarise(
     tail_lines: Sequence[bytes],
     segments: int,
     now: datetime | None = None,
+    *,
+    audit: Audit | None = None,
 ) -> Summary:
     """Build a container's summary from its first entry and the raw lines of its tail.
 
@@ -304,6 +306,7 @@ def summarise(
         state=settle(fold(_actions(first, tail)), _quiet_s(last or first, now)),
         tail_ok=(not unparsed and _links(pairs)) if tail_lines else None,
         segments=segments,
+        audit=audit,
     )
 
 

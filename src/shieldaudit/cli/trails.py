@@ -9,8 +9,8 @@ is relative to a directory descriptor with ``O_NOFOLLOW`` (:mod:`.store.layout`)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
+import json
 import os
 import stat
 from datetime import UTC, datetime
@@ -33,13 +33,10 @@ TAIL_ENTRIES: Final = 8
 #: Nearly every trail is shorter than this and is judged whole.
 AUDIT_TAIL_ENTRIES: Final = 512
 AUDIT_HEAD_ENTRIES: Final = 64
-#: Lines reconciliation looks at; others are not even parsed.
-_AUDIT_MARKERS: Final = (
-    b'"action":"start"',
-    b'"action":"init"',
-    b'"action":"createRuntime"',
-    b'"action":"poststart"',
-)
+#: Actions reconciliation looks at; lines with others are not even parsed.
+_AUDIT_ACTIONS: Final = frozenset({b"start", b"init", b"createRuntime", b"poststart"})
+_ACTION_KEY: Final = b'"action":"'
+
 _FAR_FUTURE_US: Final = 1 << 62
 _HEAD_CHUNK: Final = 4096
 _STREAM_CHUNK: Final = 256 * 1024
@@ -182,17 +179,22 @@ class Trails:
             return None
         finally:
             os.close(dir_fd)
-        summary = summarise(container_id, first, lines, len(names), datetime.now(UTC))
-        return summary if audit is None else dataclasses.replace(summary, audit=audit)
+        return summarise(container_id, first, lines, len(names), datetime.now(UTC), audit=audit)
 
 
 def _relevant(lines: Iterable[bytes]) -> list[dict[str, object]]:
     """Parse only the lines reconciliation looks at (cheap: a substring test per line)."""
     found = []
     for line in lines:
-        if any(marker in line for marker in _AUDIT_MARKERS):
+        at = line.find(_ACTION_KEY)
+        if at < 0:
+            continue
+        at += len(_ACTION_KEY)
+        if line[at : line.find(b'"', at)] in _AUDIT_ACTIONS:
             with contextlib.suppress(ValueError):
-                found.append(chain.parse_line(line))
+                entry = json.loads(line)
+                if isinstance(entry, dict):
+                    found.append(entry)
     return found
 
 
