@@ -1,0 +1,265 @@
+"""The native hook's own paths, as the runtime runs it (a real process, the hooks.d environment).
+
+Pins that the common cases never leave the native process (the reference
+interpreter is made unreachable, so a hand-over would show as a failure), that
+the native failures (lock timeout, a failed write) are worded and recorded as
+the reference words them, that an impossible hand-over is one clean failure,
+and that a hand-over passes the exact stdin bytes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import resource
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+from native_hook import native_hook
+from shieldaudit.settings import StoreSettings
+from shieldaudit.store import chain
+from shieldaudit.store.verify import verify_container
+from shieldaudit.store.writer import TrailWriter
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+CID = "c0ffee" * 10 + "c0de"
+NO_PYTHON = "/nonexistent/python3"
+
+
+def podman_bundle(base: Path) -> str:
+    """A bundle where Podman puts it, with its config.json and containers/storage's record."""
+    bundle = base / "storage" / "overlay-containers" / CID / "userdata"
+    bundle.mkdir(parents=True)
+    config = {
+        "ociVersion": "1.0.2-dev",
+        "process": {"args": ["/bin/sh", "-c", "echo hi; sleep 1"], "cwd": "/"},
+        "annotations": {"io.container.manager": "libpod"},
+    }
+    (bundle / "config.json").write_text(json.dumps(config, indent=4))
+    meta = json.dumps({"image-name": "docker.io/library/alpine:latest", "name": "web"})
+    record = {"id": CID, "names": ["web"], "image": "e" * 64, "metadata": meta}
+    (bundle.parent.parent / "containers.json").write_text(
+        json.dumps([record], separators=(",", ":"))
+    )
+    return str(bundle)
+
+
+def env_for(root: Path, python: str = NO_PYTHON, **extra: str) -> dict[str, str]:
+    env = {
+        "SHIELDAUDIT_ROOT": str(root),
+        "SHIELDAUDIT_MAX_SEGMENT_BYTES": str(10 * 1024 * 1024),
+        "SHIELDAUDIT_KEEP_SEGMENTS": "20",
+        "SHIELDAUDIT_FSYNC": "always",
+        "SHIELDAUDIT_KEY_FILE": "",
+        "SHIELDAUDIT_FAIL_CLOSED": "0",
+        "SHIELDAUDIT_HOOK_PYTHON": python,
+    }
+    env.update(extra)
+    return env
+
+
+def run(stage: str, state: bytes, env: dict[str, str], *args: str, **kw: object):
+    return subprocess.run(
+        [str(native_hook()), stage, *args],
+        input=state,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def state(bundle: str, status: str = "created", pid: int = 4242) -> bytes:
+    return json.dumps(
+        {"ociVersion": "1.0.2", "id": CID, "status": status, "pid": pid, "bundle": bundle}
+    ).encode()
+
+
+def entries(root: Path) -> list[dict[str, object]]:
+    path = root / "containers" / CID / "audit.jsonl"
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_a_container_lifecycle_stays_native_keyed_and_unkeyed(tmp_path):
+    """A Podman container's three hooks stay native, keyed and unkeyed.
+
+    createRuntime, poststart, poststop: three entries with name, image and command,
+    written without the reference (unreachable here); the chain verifies, keyed
+    with the key file's first line.
+    """
+    bundle = podman_bundle(tmp_path)
+    key = tmp_path / "key"
+    key.write_bytes(b"# signing key first\nthe-current-key-32-bytes-long-xx\nan-older-key-16b+\n")
+    key.chmod(0o600)
+    for keyed in (False, True):
+        root = tmp_path / f"root-{keyed}"
+        env = env_for(root, SHIELDAUDIT_KEY_FILE=str(key) if keyed else "")
+        for stage, status, pid in (
+            ("createRuntime", "creating", 4242),
+            ("poststart", "running", 4242),
+            ("poststop", "stopped", 0),
+        ):
+            proc = run(stage, state(bundle, status, pid), env)
+            assert (proc.returncode, proc.stderr) == (0, b"")
+        got = entries(root)
+        assert [e["action"] for e in got] == ["createRuntime", "poststart", "poststop"]
+        assert {e["container"] for e in got} == {"web"}
+        assert {e["image"] for e in got} == {"docker.io/library/alpine:latest"}
+        assert got[0]["detail"] == "/bin/sh -c 'echo hi; sleep 1'"
+        assert got[2]["pid"] is None
+        kid = chain.Key.from_secret(b"the-current-key-32-bytes-long-xx").kid
+        assert {e["chain"] for e in got} == {f"hmac-sha256:{kid}" if keyed else "sha256"}
+        keys = chain.load_keys(key) if keyed else chain.NO_KEYS
+        report = verify_container(root, CID, keys)
+        assert report.ok, report
+
+
+def test_poststop_repeat_after_a_listener_entry_is_not_written(tmp_path):
+    """A repeated poststop after a listener entry is recognised natively and not written.
+
+    The listener's 'died' entry follows the first poststop; the rule looks at the
+    last hook entry, not the last entry.
+    """
+    root = tmp_path / "root"
+    bundle = podman_bundle(tmp_path)
+    assert run("poststop", state(bundle, "stopped", 0), env_for(root)).returncode == 0
+    with TrailWriter(StoreSettings(root, fsync="never")) as writer:
+        writer.append(CID, {"source": "events", "action": "died", "exit_code": 0})
+    before = (root / "containers" / CID / "audit.jsonl").read_bytes()
+    proc = run("poststop", state(bundle, "stopped", 0), env_for(root))
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    assert (root / "containers" / CID / "audit.jsonl").read_bytes() == before
+    proc = run("poststart", state(bundle, "running"), env_for(root))
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    assert [e["action"] for e in entries(root)] == ["poststop", "died", "poststart"]
+
+
+def test_a_held_lock_is_a_recorded_native_failure(tmp_path):
+    """A lock held past the 2 s bound is a native failure, worded as the reference words it.
+
+    Fail-closed exit 1, one stderr line, one hook-errors.jsonl line, nothing written.
+    """
+    root = tmp_path / "root"
+    bundle = podman_bundle(tmp_path)
+    assert run("createRuntime", state(bundle), env_for(root)).returncode == 0
+    lock_path = root / "state" / "locks" / f"{CID}.lock"
+    with lock_path.open("r+b") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = run("poststart", state(bundle), env_for(root), "--fail-closed")
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == 1
+    assert lines == [
+        (
+            f"shieldaudit-hook poststart: timed out after 2s waiting for the lock of container "
+            f"{CID[:12]}: another writer holds it; retry, or look for a stuck shieldaudit "
+            "process; container refused (fail-closed)"
+        )
+    ]
+    errors = (root / "state" / "hook-errors.jsonl").read_text().splitlines()
+    assert len(errors) == 1
+    record = json.loads(errors[0])
+    assert (record["stage"], record["container_id"]) == ("poststart", CID)
+    assert record["error"].startswith("timed out after 2s")
+    assert len(entries(root)) == 1
+
+
+def _limit_file_size(limit: int):
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_failed_write_leaves_the_trail_as_it_was(tmp_path):
+    """A write past the file size limit fails cleanly and leaves the trail unchanged.
+
+    EFBIG, with SIGXFSZ ignored as Python ignores it: one failure line naming the
+    trail file, the exit status per mode.
+    """
+    root = tmp_path / "root"
+    bundle = podman_bundle(tmp_path)
+    assert run("createRuntime", state(bundle), env_for(root)).returncode == 0
+    active = root / "containers" / CID / "audit.jsonl"
+    before = active.read_bytes()
+    proc = run("poststart", state(bundle), env_for(root), preexec_fn=_limit_file_size(len(before)))
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == 0
+    assert lines == [
+        (
+            f"shieldaudit-hook poststart: cannot write {active}: File too large (free space, then "
+            "retry); container allowed (fail-open)"
+        )
+    ]
+    assert active.read_bytes() == before
+
+
+def test_an_unreachable_reference_is_one_clean_failure(tmp_path):
+    """A hand-over that cannot run is one clean, recorded failure.
+
+    A torn tail (the reference's case) with SHIELDAUDIT_HOOK_PYTHON missing: one
+    stderr line saying what could not run and why it was needed; fail-closed 1.
+    """
+    root = tmp_path / "root"
+    bundle = podman_bundle(tmp_path)
+    assert run("createRuntime", state(bundle), env_for(root)).returncode == 0
+    active = root / "containers" / CID / "audit.jsonl"
+    with active.open("ab") as f:
+        f.write(b'{"seq":2,"ts":"2026')
+    proc = run("poststart", state(bundle), env_for(root), "--fail-closed")
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == 1
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        f"shieldaudit-hook poststart: cannot run the Python reference path {NO_PYTHON}: "
+        "No such file or directory (handing over because a torn tail)"
+    )
+    assert lines[0].endswith("; container refused (fail-closed)")
+    record = json.loads((root / "state" / "hook-errors.jsonl").read_text())
+    assert "cannot run the Python reference path" in record["error"]
+
+
+def test_a_hand_over_passes_the_exact_stdin_bytes(tmp_path):
+    """A hand-over passes the state the runtime sent, byte for byte.
+
+    A torn tail goes to the reference with a 200 KiB state (past a pipe's buffer)
+    holding raw control characters.
+    """
+    root = tmp_path / "root"
+    bundle = podman_bundle(tmp_path)
+    assert run("createRuntime", state(bundle), env_for(root)).returncode == 0
+    with (root / "containers" / CID / "audit.jsonl").open("ab") as f:
+        f.write(b'{"seq":2,"ts":"2026')
+    annotations = {f"note.{i:02d}": f"\x01{i}" + "v" * 300 for i in range(32)}
+    big = (
+        json.dumps(
+            {
+                "id": CID,
+                "status": "running",
+                "pid": 7,
+                "bundle": bundle,
+                "annotations": annotations,
+                "padding": "p" * 200_000,
+            },
+            ensure_ascii=False,
+        )
+        .replace("\\u0001", "\x01")
+        .encode()
+    )
+    proc = run("poststart", big, env_for(root, sys.executable))
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    last = entries(root)[-1]
+    assert last["torn_tail_bytes"] == len(b'{"seq":2,"ts":"2026')
+    assert last["annotations"] == {k: v[:255] + "…" for k, v in annotations.items()}
+
+
+def test_check_runs_the_native_and_the_reference_path(tmp_path):
+    """--check prints the native line, then the reference's own check, and exits 0."""
+    proc = run("--check", b"", env_for(tmp_path / "root", sys.executable))
+    lines = proc.stdout.decode().splitlines()
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    assert lines[0].startswith("shieldaudit-hook: native ")
+    assert lines[1].startswith("shieldaudit-hook: ok")
