@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from shieldaudit import hooksd
+from shieldaudit.settings import StoreSettings
 from store_helpers import CID_A, all_lines, trail, write
 
 BIN = Path(sys.executable).parent
@@ -146,3 +148,48 @@ def test_hook_with_a_foreign_key_file_fails_closed_naming_the_setting(tmp_path):
     assert "invalid setting key_file (from SHIELDAUDIT_KEY_FILE)" in result.stderr
     assert f"belongs to uid {OTHER_UID}" in result.stderr
     assert not trail(root, CID_A).exists()
+
+
+def _installed_hook(root: Path, stage: str = "poststart") -> subprocess.CompletedProcess[str]:
+    """Run the hooks.d command install-hooks writes (every setting in its environment)."""
+    doc = hooksd.build_hook(
+        stage, hooksd.native_hook_path(), hooksd.settings_env(StoreSettings(root))
+    )
+    env = dict(item.split("=", 1) for item in doc["hook"]["env"])
+    state = json.dumps({"ociVersion": "1.0.2", "id": CID_A, "status": "running", "pid": 1})
+    return subprocess.run(
+        [doc["hook"]["path"], *doc["hook"]["args"][1:]],
+        input=state,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_installed_hook_never_appends_to_a_hard_linked_trail_file(tmp_path):
+    """audit.jsonl hard-linked to a file outside the root: the hook refuses, that file unchanged."""
+    root = tmp_path / "root"
+    write(root, CID_A, 1)
+    active = trail(root, CID_A) / "audit.jsonl"
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious\n")
+    active.unlink()
+    os.link(outside, active)
+    result = _installed_hook(root)
+    assert result.returncode == 0  # fail-open
+    assert f"{active} has 2 hard links" in result.stderr
+    assert outside.read_bytes() == b"precious\n"
+
+
+def test_installed_hook_refuses_a_group_writable_trail_directory(tmp_path):
+    """A trail directory loosened to 0770: the hook writes nothing there and names the fix."""
+    root = tmp_path / "root"
+    write(root, CID_A, 1)
+    trail(root, CID_A).chmod(0o770)
+    before = all_lines(root, CID_A)
+    result = _installed_hook(root)
+    assert result.returncode == 0  # fail-open
+    assert f"chmod go-w {trail(root, CID_A)}" in result.stderr
+    assert all_lines(root, CID_A) == before
