@@ -18,6 +18,7 @@ import pytest
 
 from shieldaudit import hooksd
 from shieldaudit.settings import StoreSettings
+from shieldaudit.store.writer import TrailWriter
 from store_helpers import CID_A, all_lines, trail, write
 
 BIN = Path(sys.executable).parent
@@ -193,3 +194,28 @@ def test_installed_hook_refuses_a_group_writable_trail_directory(tmp_path):
     assert result.returncode == 0  # fail-open
     assert f"chmod go-w {trail(root, CID_A)}" in result.stderr
     assert all_lines(root, CID_A) == before
+
+
+def test_prune_refuses_a_loose_torn_directory_before_removing_anything(tmp_path):
+    """Prune with state/torn/ world-writable: exit 1, one Error line, the ended trail kept."""
+    root = tmp_path / "root"
+    with TrailWriter(StoreSettings(root, fsync="never"), clock=lambda: 10**18) as writer:
+        writer.append(CID_A, {"source": "events", "action": "died"})
+        writer.append(CID_A, {"source": "events", "action": "remove"})
+    old = 10**9  # 2001: long ended, by the entries and by the file times
+    for path in (trail(root, CID_A), trail(root, CID_A) / "audit.jsonl"):
+        os.utime(path, (old, old))
+    torn = root / "state" / "torn"
+    torn.mkdir(mode=0o700)
+    torn.chmod(0o777)
+    result = _run(str(BIN / "shieldaudit"), "prune", "--older-than", "1d", root=root)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"Error: {torn} is writable by group or others (mode 0777), so other users could "
+        f"remove or replace what it holds: check its content, then run 'chmod go-w {torn}'"
+    )
+    assert len(all_lines(root, CID_A)) == 2
+    torn.chmod(0o700)
+    result = _run(str(BIN / "shieldaudit"), "prune", "--older-than", "1d", root=root)
+    assert result.returncode == 0, result.stderr
+    assert not trail(root, CID_A).exists()

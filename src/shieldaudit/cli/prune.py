@@ -232,6 +232,7 @@ def prune_command(ctx: click.Context, *, older_than: str, dry_run: bool, as_json
     moment = datetime.fromtimestamp(now, UTC)
     cutoff = ts_bound(moment - age)
     with Trails(Path(root)) as trails:
+        trails.check_state()  # a loose state/torn/ must stop prune before it removes anything
         outcomes, errors = prune(trails, cutoff, dry_run=dry_run, now=now)
         warn(trails)
     chosen = [o for o in outcomes if o.removed or o.reason == "would remove"]
