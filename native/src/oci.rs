@@ -538,3 +538,86 @@ impl Fields {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_counts_code_points_and_marks_the_cut() {
+        assert_eq!(clip(&py("abc"), 3), py("abc"));
+        assert_eq!(clip(&py("abcd"), 3), py("ab\u{2026}"));
+        assert_eq!(clip(&[0x1f600, 0xd800, 0x41], 2), vec![0x1f600, 0x2026]);
+    }
+
+    #[test]
+    fn quoting_like_shlex() {
+        assert_eq!(quote_arg(&py("nginx")), py("nginx"));
+        assert_eq!(quote_arg(&py("")), py("''"));
+        assert_eq!(quote_arg(&py("daemon off;")), py("'daemon off;'"));
+        assert_eq!(quote_arg(&py("it's")), py("'it'\"'\"'s'"));
+        assert_eq!(quote_arg(&py("\u{e9}")), py("'\u{e9}'"));
+    }
+
+    #[test]
+    fn storage_path_only_for_podmans_layout() {
+        let id = "ab".repeat(32);
+        let bundle = py(&format!(
+            "/var/lib/containers/storage/overlay-containers/{}/userdata/",
+            id
+        ));
+        assert_eq!(
+            storage_metadata_path(&bundle, &id).as_deref(),
+            Some("/var/lib/containers/storage/overlay-containers/containers.json")
+        );
+        assert_eq!(
+            storage_metadata_path(&py(&format!("/{}/userdata", id)), &id),
+            None
+        );
+        assert_eq!(storage_metadata_path(&py("/x/other/userdata"), &id), None);
+        assert_eq!(
+            storage_metadata_path(&py(&format!("/x/{}/bundle", id)), &id),
+            None
+        );
+    }
+
+    #[test]
+    fn annotations_sorted_bounded_and_clipped_like_a_dict_comprehension() {
+        let long_a = format!("{}a", "k".repeat(200));
+        let long_b = format!("{}b", "k".repeat(200));
+        let doc = format!(
+            r#"{{"{}":"first","{}":"second","z":1,"a":"x"}}"#,
+            long_b, long_a
+        );
+        let value = json::loads(&doc).unwrap();
+        let map = string_map(Some(&value));
+        assert_eq!(map.len(), 2);
+        assert_eq!(map[0], (py("a"), py("x")));
+        assert_eq!(map[1].0.len(), 128);
+        assert_eq!(map[1].1, py("first")); // the later key (b) in sorted order wins
+        let many: String = (0..40)
+            .map(|i| format!(r#""k{:02}":"v""#, i))
+            .collect::<Vec<_>>()
+            .join(",");
+        let value = json::loads(&format!("{{{}}}", many)).unwrap();
+        assert_eq!(string_map(Some(&value)).len(), 32);
+    }
+
+    #[test]
+    fn command_is_quoted_joined_and_clipped() {
+        let config = match json::loads(r#"{"process":{"args":["sh","-c","echo 'hi'",1,null]}}"#) {
+            Ok(Value::Object(o)) => o,
+            _ => panic!("not an object"),
+        };
+        assert_eq!(command_of(&config), py("sh -c 'echo '\"'\"'hi'\"'\"''"));
+        let long = format!(
+            r#"{{"process":{{"args":[{}]}}}}"#,
+            vec![r#""aaaaaaaaaa""#; 100].join(",")
+        );
+        let config = match json::loads(&long) {
+            Ok(Value::Object(o)) => o,
+            _ => panic!("not an object"),
+        };
+        assert_eq!(command_of(&config).len(), 512);
+    }
+}
