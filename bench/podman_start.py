@@ -11,7 +11,10 @@ test harness does) and the local busybox test image. Interleaves, per round:
 * the default shieldaudit hooks, written by ``shieldaudit install-hooks``: the
   native ``shieldaudit-hook``;
 * the same three hooks run through the Python reference path
-  (``python -I -B -m shieldaudit.hook STAGE``, what a hand-over costs).
+  (``python -I -B -m shieldaudit.hook STAGE``, what a hand-over costs), from a
+  byte-compiled copy of the package as a (non-editable) pip install leaves it:
+  an editable install has no bytecode in ``src/`` and ``-B`` writes none, so
+  there every hand-over compiles the modules again (shown separately below).
 
 Then a lifecycle workload on the default hooks (``run -d``, ``stop``,
 ``start``, ``stop``, ``rm``: Podman's double poststop included) and a count
@@ -36,10 +39,12 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
+import shieldaudit
 from common import percentile, podman_env, teardown
 from shieldaudit import hooksd
 
@@ -73,6 +78,22 @@ def counting_python(directory: Path, log: Path) -> Path:
     )
     wrapper.chmod(0o755)
     return wrapper
+
+
+def compiled_python(tmp: Path) -> Path:
+    """Return the python of a throwaway venv importing a byte-compiled copy of the package."""
+    package = tmp / "compiled" / "shieldaudit"
+    shutil.copytree(
+        Path(shieldaudit.__file__).resolve().parent,
+        package,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True)
+    venv = tmp / "compiled-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    purelib = Path(sysconfig.get_path("purelib")).relative_to(sysconfig.get_path("data"))
+    (venv / purelib / "shieldaudit-copy.pth").write_text(f"{package.parent}\n")
+    return venv / "bin" / "python"
 
 
 def install_default_hooks(directory: Path, root: Path, python: Path) -> list[str]:
@@ -135,17 +156,25 @@ def hook_entries(root: Path) -> int:
     return total
 
 
-def reference_cost(tmp: Path, env_items: list[str], runs: int) -> dict[str, list[float]]:
+def reference_cost(
+    tmp: Path, env_items: list[str], python: Path, runs: int
+) -> dict[str, list[float]]:
     """Time one invocation of the native hook and of the reference path, interleaved."""
     env = dict(item.split("=", 1) for item in env_items)
     env["SHIELDAUDIT_ROOT"] = str(tmp / "direct-root")
-    env[hooksd.PYTHON_ENV] = sys.executable
+    env[hooksd.PYTHON_ENV] = str(python)
     state = json.dumps(
         {"ociVersion": "1.0.2", "id": "c" * 64, "status": "created", "pid": 4242}
     ).encode()
     cases = {
         "native hook": [hooksd.native_hook_path(), "poststart"],
-        "Python reference path": [sys.executable, *hooksd.REFERENCE_ARGS, "poststart"],
+        "Python reference path (byte-compiled)": [str(python), *hooksd.REFERENCE_ARGS, "poststart"],
+        "Python reference path (editable install, no bytecode)": [
+            sys.executable,
+            *hooksd.REFERENCE_ARGS,
+            "poststart",
+        ],
+        "python -I -c pass": [sys.executable, "-I", "-c", "pass"],
     }
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(runs):
@@ -197,7 +226,8 @@ def main() -> None:
             *(i for i in hook_env if not i.startswith("SHIELDAUDIT_ROOT=")),
             f"SHIELDAUDIT_ROOT={tmp / 'reference-root'}",
         ]
-        fixed_hooks(reference_dir, [sys.executable, *hooksd.REFERENCE_ARGS], reference_env)
+        python = compiled_python(tmp)
+        fixed_hooks(reference_dir, [str(python), *hooksd.REFERENCE_ARGS], reference_env)
         cases = {
             "no hooks (baseline)": none_dir,
             "3 /bin/true hooks (the floor)": noop_dir,
@@ -214,7 +244,7 @@ def main() -> None:
         lifecycles(env, audit_dir, count)
         entries = hook_entries(root)
         handed = handovers.read_text().splitlines()
-        direct = reference_cost(tmp, hook_env, max(runs, 20))
+        direct = reference_cost(tmp, hook_env, python, max(runs, 20))
     finally:
         teardown(env, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
