@@ -315,7 +315,11 @@ def pod_yaml(root: Path, socket_path: Path, image: str, port: int, *args: str) -
     for env in container["env"]:
         if env["name"] == "SHIELDAUDIT_METRICS_PORT":
             env["value"] = str(port)
-    host_paths = {"/var/lib/shieldaudit": root, "/run/podman/podman.sock": socket_path}
+    host_paths = {
+        "/var/lib/shieldaudit": root,
+        "/run/podman/podman.sock": socket_path,
+        "/etc/containers/oci/hooks.d": root.parent / "host-hooks.d",
+    }
     for volume in pod["spec"]["volumes"]:
         volume["hostPath"]["path"] = str(host_paths[volume["hostPath"]["path"]])
     return pod

@@ -181,7 +181,7 @@ def test_quadlet_container_runs_the_image_with_what_the_sidecar_needs():
         if line.startswith("Volume=")
     ]
     targets = {v.split("=", 1)[1].split(":")[1] for v in volumes}
-    assert targets == {TRAIL_ROOT, "/run/podman/podman.sock"}
+    assert targets == {TRAIL_ROOT, "/run/podman/podman.sock", HOOKS_DIR}
     assert "WantedBy" in quadlet["Install"]
 
 
@@ -244,6 +244,7 @@ def test_pod_yaml_runs_the_sidecar_on_the_host_paths():
     assert mounts(sidecar, spec) == {
         TRAIL_ROOT: TRAIL_ROOT,
         "/run/podman/podman.sock": "/run/podman/podman.sock",
+        HOOKS_DIR: HOOKS_DIR,  # read only: shieldaudit_hooks_installed
     }
     assert env_of(sidecar)["SHIELDAUDIT_ROOT"] == TRAIL_ROOT
     assert spec["hostNetwork"] is True
@@ -272,7 +273,11 @@ def test_daemonset_installs_hooks_on_the_node_then_runs_the_sidecar():
         TRAIL_ROOT: TRAIL_ROOT,
     }
     assert sidecar["args"][0] == "sidecar"
-    assert mounts(sidecar, spec) == {TRAIL_ROOT: TRAIL_ROOT, "/run/podman": "/run/podman"}
+    assert mounts(sidecar, spec) == {
+        TRAIL_ROOT: TRAIL_ROOT,
+        "/run/podman": "/run/podman",
+        "/host/hooks.d": HOOKS_DIR,  # where the init container wrote them, read only
+    }
     # The pod IP, not loopback: Prometheus scrapes it from outside the pod.
     assert env_of(sidecar)["SHIELDAUDIT_METRICS_ADDR"] == "0.0.0.0"  # noqa: S104
     (port,) = sidecar["ports"]
