@@ -433,7 +433,7 @@ def test_sidecar_container_follows_podman_events_through_the_socket(
 def test_kube_play_runs_the_pod_yaml(podman_env, podman_service, sidecar_image, tmp_path):
     """`podman kube play deploy/kube/pod.yaml` runs the sidecar; it counts host-written entries.
 
-    Only the image, the port and the two host paths are changed for the test.
+    Only the image, the port and the host paths are changed for the test.
     `kube play --down` removes the pod again.
     """
     root = trail_root(tmp_path)
