@@ -110,7 +110,11 @@ struct Context {
 
 impl Context {
     fn closed(&self) -> bool {
-        self.flag_closed || self.settings.as_ref().map_or(false, |s| s.fail_closed)
+        self.flag_closed
+            || match &self.settings {
+                Some(settings) => settings.fail_closed,
+                None => settings::env_fail_closed(),
+            }
     }
 
     /// Report a failure: one stderr line, one hook-errors line; the exit status.
@@ -125,7 +129,19 @@ impl Context {
                 settings.fsync,
                 now_ns(),
             ),
-            None => Some("no usable root".to_string()),
+            // Settings the native parser did not take (a failed hand-over): the
+            // reference's fallback, an absolute SHIELDAUDIT_ROOT.
+            None => match settings::error_root() {
+                Some(root) => store::record_error(
+                    &root,
+                    &oci::clip(&py(&self.stage), 64),
+                    &oci::clip(&self.container_id, 80),
+                    &message,
+                    settings::env_fsync(),
+                    now_ns(),
+                ),
+                None => Some("no usable root".to_string()),
+            },
         };
         let closed = self.closed();
         let verdict = if closed {

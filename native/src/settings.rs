@@ -131,6 +131,39 @@ pub fn lean() -> Option<Settings> {
     })
 }
 
+/// `SHIELDAUDIT_FAIL_CLOSED` when the settings did not parse: any set value
+/// that is not a false word asks for fail-closed (a non-UTF-8 one too).
+pub fn env_fail_closed() -> bool {
+    match var("SHIELDAUDIT_FAIL_CLOSED") {
+        Ok(None) => false,
+        Ok(Some(text)) => match strip(&text) {
+            Some(word) => !FALSE_WORDS.contains(&word.to_ascii_lowercase().as_str()),
+            None => true,
+        },
+        Err(()) => true,
+    }
+}
+
+/// Where a failure is recorded when the settings did not parse: `SHIELDAUDIT_ROOT`
+/// (stripped) when it is absolute, else nowhere.
+pub fn error_root() -> Option<String> {
+    let root = var("SHIELDAUDIT_ROOT").ok()??;
+    let root = strip(&root)?;
+    if root.starts_with('/') {
+        Some(root.to_string())
+    } else {
+        None
+    }
+}
+
+/// Whether failures are synced when the settings did not parse (not `never`).
+pub fn env_fsync() -> bool {
+    match var("SHIELDAUDIT_FSYNC") {
+        Ok(Some(text)) => strip(&text).map_or(true, |t| !t.eq_ignore_ascii_case("never")),
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::plain_path;
