@@ -26,13 +26,13 @@ import socket
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote, urlsplit
 
-from prometheus_client.exposition import make_wsgi_app
+from prometheus_client.exposition import gzip_accepted, make_wsgi_app
 
 from shieldaudit.errors import ShieldAuditError
 
@@ -183,6 +183,14 @@ def encode_response(response: Response, *, head_only: bool, keep_alive_header: b
     return head if head_only else head + response.body
 
 
+@dataclass
+class _Flight:
+    """Renders of one kind of /metrics answer: whether one runs, who waits for the next."""
+
+    running: bool = False
+    waiting: list[tuple[asyncio.Future[Response], Request]] = field(default_factory=list)
+
+
 def _text(status: int, body: bytes, *, close: bool = False) -> Response:
     return Response(status, [("Content-Type", "text/plain; charset=utf-8")], body, close)
 
@@ -276,12 +284,18 @@ class ServerHandle:
         #: Connections waiting for (or reading) a request, longest-waiting first.
         self._waiting: dict[asyncio.StreamWriter, None] = {}
         self._live: set[asyncio.StreamWriter] = set()
+        self._flights: dict[tuple[str, str, str], _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def connections(self) -> int:
         """Return how many connections are held now."""
         return len(self._live)
+
+    @property
+    def waiting_for_render(self) -> int:
+        """Return how many /metrics requests wait for the next render (not the running one)."""
+        return sum(len(flight.waiting) for flight in list(self._flights.values()))
 
     def start(self) -> None:
         """Start the loop's thread; return once it accepts connections."""
@@ -397,7 +411,8 @@ class ServerHandle:
         except TimeoutError:
             return _text(408, b"request timeout\n", close=True), None
         response = await self._route(request)
-        response.close = response.close or not request.keep_alive
+        if not request.keep_alive:
+            response = replace(response, close=True)  # a rendered answer may be shared
         return response, request
 
     async def _route(self, request: Request) -> Response:
@@ -406,18 +421,62 @@ class ServerHandle:
             response.headers.append(("Allow", "GET, HEAD"))
             return response
         if request.path == "/metrics":
-            loop = asyncio.get_running_loop()
-            try:
-                return await loop.run_in_executor(self._worker, self._metrics, request)
-            except Exception:
-                log.exception("rendering /metrics failed")
-                return _text(500, b"rendering the metrics failed; see the sidecar's log\n")
+            return await self._render(request)
         if request.path == "/healthz":
             return _text(200, b"ok\n")
         if request.path == "/readyz":
             ok, why = self._ready()
             return _text(200 if ok else 503, (why + "\n").encode())
         return _text(404, _NOT_FOUND)
+
+    async def _render(self, request: Request) -> Response:
+        """Render /metrics in the worker, one render shared by the requests that waited for it.
+
+        A request joins the next render of its kind (same format, encoding and
+        filter), never one already under way, so every answer is a snapshot
+        taken after the request arrived; 500 scrapes at once cost a few
+        renders, not 500.
+        """
+        encoding = "gzip" if gzip_accepted(request.headers.get("accept-encoding", "")) else ""
+        key = (request.headers.get("accept", ""), encoding, request.query)
+        flight = self._flights.setdefault(key, _Flight())
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        flight.waiting.append((future, request))
+        if not flight.running:
+            self._launch(key, flight)
+        return await future
+
+    def _launch(self, key: tuple[str, str, str], flight: _Flight) -> None:
+        batch, flight.waiting = flight.waiting, []
+        flight.running = True
+        work = asyncio.get_running_loop().run_in_executor(
+            self._worker, self._render_now, batch[0][1]
+        )
+
+        def landed(done: asyncio.Future[Response]) -> None:
+            flight.running = False
+            response = None if done.cancelled() else done.result()
+            for future, _request in batch:
+                if future.done():  # its connection went away meanwhile
+                    continue
+                if response is None:
+                    future.cancel()
+                else:
+                    future.set_result(response)
+            if flight.waiting:
+                self._launch(key, flight)
+            else:
+                self._flights.pop(key, None)
+
+        work.add_done_callback(landed)
+
+    def _render_now(self, request: Request) -> Response:
+        """Call the WSGI app (in the worker thread); a failure is logged once, answered 500."""
+        try:
+            return self._metrics(request)
+        except Exception:
+            log.exception("rendering /metrics failed")
+            return _text(500, b"rendering the metrics failed; see the sidecar's log\n")
 
     async def _send(
         self,

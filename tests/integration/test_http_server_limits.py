@@ -2,24 +2,30 @@
 
 Bad and oversized requests get the right status and a closed connection;
 keep-alive and pipelining work; past the connection cap the longest-waiting
-reader is dropped for the newcomer; ``close()`` drops every connection.
+reader is dropped for the newcomer; ``close()`` drops every connection;
+concurrent scrapes share a render that started after they arrived.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
 from typing import TYPE_CHECKING
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from shieldaudit.errors import ShieldAuditError
 from shieldaudit.server import MAX_HEADERS, MAX_LINE, serve
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from prometheus_client.metrics_core import Metric
 
     from shieldaudit.server import ServerHandle
 
@@ -174,3 +180,62 @@ def test_close_drops_connections_and_frees_the_port():
             assert sock.recv(65536) == b""
     again = serve(CollectorRegistry(), lambda: (True, "ready"), port=port)
     again.close()
+
+
+class GatedCollector(Collector):
+    """Reports how many times it was collected; the first collection waits for a gate."""
+
+    def __init__(self) -> None:
+        """Start closed, never collected."""
+        self.calls = 0
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield ``renders`` = the number of this collection."""
+        self.calls += 1
+        if self.calls == 1:
+            self.entered.set()
+            assert self.gate.wait(DEADLINE_S)
+        yield GaugeMetricFamily("renders", "Collections so far", value=self.calls)
+
+
+def test_concurrent_scrapes_share_the_next_render_never_an_older_one():
+    """Scrapes arriving during a render wait for the next one and share it: 3 scrapes, 2 renders."""
+    registry = CollectorRegistry()
+    gated = GatedCollector()
+    registry.register(gated)
+    handle = serve(registry, lambda: (True, "ready"), port=0)
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", handle.port), timeout=DEADLINE_S) as first,
+            socket.create_connection(("127.0.0.1", handle.port), timeout=DEADLINE_S) as second,
+            socket.create_connection(("127.0.0.1", handle.port), timeout=DEADLINE_S) as third,
+        ):
+            first.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert gated.entered.wait(DEADLINE_S)  # the first render is under way, held
+            second.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            third.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            deadline = time.monotonic() + DEADLINE_S
+            while handle.waiting_for_render < 2:
+                assert time.monotonic() < deadline, "the later scrapes never queued"
+                time.sleep(0.01)
+            gated.gate.set()
+            answers = [exchange_on(sock) for sock in (first, second, third)]
+        assert [a.rsplit(b"\n", 2)[-2] for a in answers] == [
+            b"renders 1.0",
+            b"renders 2.0",
+            b"renders 2.0",
+        ]
+        assert gated.calls == 2
+    finally:
+        gated.gate.set()
+        handle.close()
+
+
+def exchange_on(sock: socket.socket) -> bytes:
+    """Read until the server closes ``sock``."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
