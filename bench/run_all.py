@@ -19,6 +19,7 @@ BENCHMARKS = (
     ("podman start with hooks", HERE / "podman_start.py"),
     ("listener lag", HERE / "listener_lag.py"),
     ("sidecar", HERE / "sidecar" / "run.py"),
+    ("metrics http", HERE / "metrics_http.py"),
     ("cli", HERE / "cli" / "run.py"),
     ("unaudited latency", HERE / "unaudited_latency.py"),
 )

@@ -568,13 +568,14 @@ def serve(
     Raises:
         ShieldAuditError: the address cannot be bound (in use, or not local).
     """
+    shown = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
     try:
         infos = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _name, where = infos[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
         raise ShieldAuditError(
-            f"cannot listen on {addr}:{port}: {getattr(exc, 'strerror', None) or exc}; "
+            f"cannot listen on {shown}: {getattr(exc, 'strerror', None) or exc}; "
             "choose another --metrics-addr/--metrics-port",
         ) from None
     try:
@@ -585,7 +586,7 @@ def serve(
     except OSError as exc:
         sock.close()
         raise ShieldAuditError(
-            f"cannot listen on {addr}:{port}: {exc.strerror or exc}; "
+            f"cannot listen on {shown}: {exc.strerror or exc}; "
             "choose another --metrics-addr/--metrics-port",
         ) from None
     handle = ServerHandle(
