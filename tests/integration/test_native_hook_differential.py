@@ -69,6 +69,9 @@ class Case:
     fsync: str = "never"
     max_segment: int = 10 * 1024 * 1024
     extra_args: list[str] = field(default_factory=list)
+    key_kind: str = "good"
+    env: dict[str, str] = field(default_factory=dict)
+    root_suffix: str = ""
 
 
 @pytest.fixture(scope="module")
@@ -357,13 +360,14 @@ def newest_ts_ns(root: Path) -> int | None:
 
 def environment(root: Path, case: Case, world: World) -> dict[str, str]:
     return {
-        "SHIELDAUDIT_ROOT": str(root),
+        "SHIELDAUDIT_ROOT": str(root) + case.root_suffix,
         "SHIELDAUDIT_MAX_SEGMENT_BYTES": str(case.max_segment),
         "SHIELDAUDIT_KEEP_SEGMENTS": "20",
         "SHIELDAUDIT_FSYNC": case.fsync,
         "SHIELDAUDIT_KEY_FILE": world.key_file if case.keyed and world.key_file else "",
         "SHIELDAUDIT_FAIL_CLOSED": "1" if case.fail_closed else "0",
         "SHIELDAUDIT_HOOK_PYTHON": str(world.python),
+        **case.env,
     }
 
 
@@ -383,8 +387,9 @@ def run_both(case: Case, world: World, binary: Path) -> tuple[Result, Result, bo
     """
     native_root = world.base / "native-root"
     ref_root = world.base / "ref-root"
+    usable_key = world.key_file if case.keyed and case.key_kind == "good" else None
     for root in (native_root, ref_root):
-        prepare_root(root, case, world.key_file if case.keyed else None)
+        prepare_root(root, case, usable_key)
     argv = [case.stage, *case.extra_args]
     before = handovers(world.marker)
     proc = subprocess.run(
@@ -400,7 +405,7 @@ def run_both(case: Case, world: World, binary: Path) -> tuple[Result, Result, bo
         shutil.copytree(native_root, world.base / "why-root", symlinks=True)
         for root in (native_root,):
             shutil.rmtree(root, ignore_errors=True)
-            prepare_root(root, case, world.key_file if case.keyed else None)
+            prepare_root(root, case, usable_key)
         why = subprocess.run(
             [str(binary), *argv],
             input=case.state,
@@ -441,9 +446,37 @@ def make_world(base: Path, tools: tuple[Path, Path, Path], case_files: Case) -> 
             case_files.containers
         )
     key_file = base / "key"
-    key_file.write_bytes(KEY)
-    key_file.chmod(0o600)
+    write_key(key_file, case_files.key_kind)
     return World(base, str(bundle_dir), str(key_file), python, marker)
+
+
+KEY_KINDS = {
+    "good": (KEY, 0o600),
+    "crlf": (b"k" * 24 + b"\r\n", 0o600),
+    "loose": (KEY, 0o640),
+    "short": (b"short\n", 0o600),
+    "comments only": (b"# no key here\n\n", 0o600),
+    "a short second key": (KEY + b"tiny\n", 0o600),
+    "spaces": (b"  " + b"s" * 20 + b"\t \n", 0o600),
+}
+
+
+def write_key(path: Path, kind: str) -> None:
+    """The key file of a case: a good one, or one the reference refuses or reads its own way."""
+    if kind == "missing":
+        return
+    if kind == "symlink":
+        target = path.with_name("real-key")
+        target.write_bytes(KEY)
+        target.chmod(0o600)
+        path.symlink_to(target)
+        return
+    if kind == "directory":
+        path.mkdir(mode=0o700)
+        return
+    data, mode = KEY_KINDS[kind]
+    path.write_bytes(data)
+    path.chmod(mode)
 
 
 def check_case(case: Case, tools, stats: Counter) -> None:
@@ -586,3 +619,48 @@ def test_failures_match_the_reference(tools):
 
     check()
     assert stats["native"] > stats["handed over"], stats
+
+
+SETTINGS_VARIANTS = [
+    {},
+    {"SHIELDAUDIT_MAX_SEGMENT_BYTES": "10MiB"},
+    {"SHIELDAUDIT_MAX_SEGMENT_BYTES": " 4096 "},
+    {"SHIELDAUDIT_MAX_SEGMENT_BYTES": "100"},
+    {"SHIELDAUDIT_MAX_SEGMENT_BYTES": str(2 * 1024**3)},
+    {"SHIELDAUDIT_KEEP_SEGMENTS": "200000"},
+    {"SHIELDAUDIT_KEEP_SEGMENTS": "-1"},
+    {"SHIELDAUDIT_FSYNC": " Never "},
+    {"SHIELDAUDIT_FSYNC": "sometimes"},
+    {"SHIELDAUDIT_FAIL_CLOSED": "TRUE"},
+    {"SHIELDAUDIT_FAIL_CLOSED": "maybe"},
+    {"SHIELDAUDIT_KEY_FILE": "relative/key"},
+]
+
+
+def test_keys_and_settings_match_the_reference(tools):
+    """Key files and settings of every kind give the reference's bytes, status and stderr.
+
+    Good, loose, short, comment-only, CRLF, symlinked, missing and directory key
+    files; sizes with units, out-of-range numbers, odd spellings, a root with a
+    trailing slash. What the native parser does not take goes to the reference,
+    which accepts or refuses it with its own words.
+    """
+    stats: Counter[str] = Counter()
+
+    @settings(max_examples=150, **_SETTINGS)
+    @given(
+        case=cases(shapes=["none", "one"]),
+        key_kind=st.sampled_from([*KEY_KINDS, "symlink", "missing", "directory"]),
+        env=st.sampled_from(SETTINGS_VARIANTS),
+        suffix=st.sampled_from(["", "", "", "/"]),
+    )
+    def check(case, key_kind, env, suffix):
+        case.keyed = True
+        case.key_kind = key_kind
+        case.env = env
+        case.root_suffix = suffix
+        check_case(case, tools, stats)
+
+    check()
+    assert stats["native"] > 10, stats
+    assert stats["handed over"] > 10, stats

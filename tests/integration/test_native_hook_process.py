@@ -263,3 +263,25 @@ def test_check_runs_the_native_and_the_reference_path(tmp_path):
     assert (proc.returncode, proc.stderr) == (0, b"")
     assert lines[0].startswith("shieldaudit-hook: native ")
     assert lines[1].startswith("shieldaudit-hook: ok")
+
+
+def test_a_full_error_log_is_rotated_natively(tmp_path):
+    """A full error log is rotated natively, as the reference rotates it.
+
+    At 1 MiB the hook moves hook-errors.jsonl to hook-errors.1.jsonl (replacing
+    the previous generation) and starts a new log with its own line.
+    """
+    root = tmp_path / "root"
+    bundle = podman_bundle(tmp_path)
+    assert run("createRuntime", state(bundle), env_for(root)).returncode == 0
+    log = root / "state" / "hook-errors.jsonl"
+    full = b'{"ts":"2026-11-22T10:42:12.211996Z","stage":"x","container_id":"","error":"e"}\n'
+    full *= 1024 * 1024 // len(full) + 1
+    log.write_bytes(full)
+    log.with_name("hook-errors.1.jsonl").write_bytes(b"the previous generation\n")
+    proc = run("bogus", state(bundle), env_for(root))
+    assert proc.returncode == 0
+    assert proc.stderr.decode().startswith("shieldaudit-hook bogus: unknown hook stage 'bogus'")
+    assert log.with_name("hook-errors.1.jsonl").read_bytes() == full
+    (line,) = log.read_bytes().splitlines()
+    assert json.loads(line)["stage"] == "bogus"
