@@ -74,11 +74,16 @@ test: deps venv image lint typecheck native
 bench: venv deps image
 	$(BIN)/python bench/run_all.py
 
-# On a fresh host: Podman and runc from Debian when missing, the venv, then the
-# agent (hooks installed fail-open, sidecar with the listener; see scripts/run-agent.sh).
-run: venv
-	scripts/install-test-deps.sh podman runc
-	VENV=$(abspath $(VENV)) scripts/run-agent.sh
+# On a fresh host, as root: what is missing from Debian (Podman, runc,
+# busybox-static for the local busybox image, curl for the README's metrics
+# check), then scripts/run-agent.sh: a non-editable install of this checkout
+# into /opt/shieldaudit (commands linked into /usr/local/bin), the hooks
+# (fail-open) where Podman reads them, a container proving they record, then
+# the agent in the foreground until Ctrl-C (which exits 0: no make error).
+# Needs no .venv: the checkout can be moved or deleted afterwards.
+run:
+	scripts/install-test-deps.sh python3-venv podman runc busybox-static curl
+	scripts/run-agent.sh
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info native/target .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -31,6 +31,7 @@ CONTAINERFILE = REPO / "Containerfile"
 
 TRAIL_ROOT = "/var/lib/shieldaudit"
 HOOKS_DIR = "/etc/containers/oci/hooks.d"
+BUILTIN_HOOKS_DIR = "/usr/share/containers/oci/hooks.d"
 #: Every metric name DESIGN.md section 6 defines; anything else in a query is a typo.
 METRICS = {
     "shieldaudit_events_total",
@@ -82,8 +83,9 @@ def unit(path: Path) -> configparser.ConfigParser:
 def verify_units(root: Path, units: dict[str, str], name: str) -> subprocess.CompletedProcess[str]:
     """`systemd-analyze verify` of unit ``name`` in a scratch ``root`` holding ``units``.
 
-    The root also holds a stand-in for the venv's entry point, so "command not
-    executable" would be the only difference from a real host. Generators and
+    The root also holds stand-ins for the commands the units run (the venv's
+    entry point, install(1)), so "command not executable" would be the only
+    difference from a real host. Generators and
     the units it pulls in (sysinit.target, ...) are left out: only the unit's
     own problems count.
     """
@@ -92,10 +94,12 @@ def verify_units(root: Path, units: dict[str, str], name: str) -> subprocess.Com
     system.mkdir(parents=True)
     for unit_name, text in units.items():
         (system / unit_name).write_text(text)
-    entry = root / "opt/shieldaudit/bin/shieldaudit"
-    entry.parent.mkdir(parents=True)
-    entry.write_text("#!/bin/sh\n")
-    entry.chmod(0o755)
+    # The venv's entry point, and what the hooks unit's ExecStartPre= runs.
+    for command in ("opt/shieldaudit/bin/shieldaudit", "usr/bin/install"):
+        entry = root / command
+        entry.parent.mkdir(parents=True)
+        entry.write_text("#!/bin/sh\n")
+        entry.chmod(0o755)
     return run(
         analyze,
         "verify",
@@ -153,15 +157,22 @@ def test_sidecar_unit_is_hardened_and_writes_only_the_root():
 
 
 def test_hooks_unit_installs_fail_open_into_the_hooks_dir():
-    """The hooks unit runs install-hooks once, fail-open, and may write only the hooks dir."""
+    """The hooks unit runs install-hooks once, fail-open, where Podman reads hooks.
+
+    No --hooks-dir: install-hooks resolves the directory from containers.conf,
+    by default Podman's built-in one, which is created first; the unit may
+    write only the hooks dirs and the trail root.
+    """
     hooks = unit(SYSTEMD / "shieldaudit-hooks.service")
     service = hooks["Service"]
     argv = service["ExecStart"].split()
     assert argv[1] == "install-hooks"
     assert "--fail-closed" not in argv
-    assert argv[argv.index("--hooks-dir") + 1] == HOOKS_DIR
+    assert "--hooks-dir" not in argv
+    assert service["ExecStartPre"].split()[-1] == BUILTIN_HOOKS_DIR
     assert service["Type"] == "oneshot"
-    assert HOOKS_DIR in service["ReadWritePaths"].split()
+    writable = service["ReadWritePaths"].split()
+    assert set(writable) == {BUILTIN_HOOKS_DIR, HOOKS_DIR, TRAIL_ROOT}
     assert service["ProtectSystem"] == "strict"
     assert "podman.service" in hooks["Unit"]["Before"].split()
 
