@@ -74,14 +74,15 @@ test: deps venv image lint typecheck native
 bench: venv deps image
 	$(BIN)/python bench/run_all.py
 
-# On a fresh host, as root: what is missing from Debian (Podman, runc,
-# busybox-static for the local busybox image, curl for the README's metrics
-# check), then scripts/run-agent.sh: a non-editable install of this checkout
-# into /opt/shieldaudit (commands linked into /usr/local/bin), the hooks
-# (fail-open) where Podman reads them, a container proving they record, then
-# the agent in the foreground until Ctrl-C (which exits 0: no make error).
-# Needs no .venv: the checkout can be moved or deleted afterwards.
-run:
+# On a fresh host, as root: what is missing from Debian (cargo and rustc for
+# the native hook, Podman, runc, busybox-static for the local busybox image,
+# curl for the README's metrics check), then scripts/run-agent.sh: a
+# non-editable install of this checkout into /opt/shieldaudit (commands linked
+# into /usr/local/bin), the hooks (fail-open) where Podman reads them, a
+# container proving they record, then the agent in the foreground until
+# Ctrl-C (which exits 0: no make error). Needs no .venv: the checkout can be
+# moved or deleted afterwards.
+run: toolchain
 	scripts/install-test-deps.sh python3-venv podman runc busybox-static curl
 	scripts/run-agent.sh
 

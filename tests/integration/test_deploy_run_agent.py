@@ -56,6 +56,9 @@ class Agent:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=err,
+                # Unbuffered: readline() then takes no more than one line, so
+                # select() on the pipe never waits for a line already read.
+                bufsize=0,
                 start_new_session=True,
                 # As from a terminal, whatever this test process inherited.
                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
@@ -140,6 +143,8 @@ def hook_conf(podman_env, tmp_path: Path, hooks: Path) -> Path:
 
 @pytest.mark.podman
 @pytest.mark.slow
+# Two pip installs of the checkout, each building the native hook with cargo.
+@pytest.mark.timeout(1800)
 def test_run_agent_quick_start(podman_env, tmp_path):
     """The quick start on a host with nothing running; again is harmless; the clone may go.
 

@@ -141,6 +141,9 @@ class MakeRun:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=err,
+                # Unbuffered: readline() then takes no more than one line, so
+                # select() on the pipe never waits for a line already read.
+                bufsize=0,
                 start_new_session=True,
                 # As from a terminal, whatever this test process inherited.
                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
@@ -196,6 +199,8 @@ def fix_line(stderr: str) -> str:
 
 @pytest.mark.podman
 @pytest.mark.slow
+# Two pip installs of the checkout, each building the native hook with cargo.
+@pytest.mark.timeout(1800)
 def test_readme_quick_start_as_written(podman_env, tmp_path):
     """`make run`, `podman run --rm --name demo busybox true`, `shieldaudit show demo`, as root.
 
