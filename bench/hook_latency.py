@@ -16,7 +16,9 @@ Runs, interleaved (one of each per round, so load affects them alike):
   what a hand-over costs (on top of the native start).
 
 Prints a Markdown table of medians and ratios to ``/bin/true`` and to
-``python -I -S -c pass``.
+``python -I -S -c pass``, and each command's mean CPU time (user + system, from
+``RUSAGE_CHILDREN``; it includes the fork from this process, the same for all),
+which a loaded machine disturbs far less than wall time.
 
 Usage: .venv/bin/python bench/hook_latency.py [--runs N] [--quick]
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -89,13 +92,20 @@ def podman_like_bundle(base: Path) -> Path:
     return bundle
 
 
-def timed(argv: list[str], data: bytes | None, env: dict[str, str]) -> float:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list[str], data: bytes | None, env: dict[str, str]) -> tuple[float, float]:
+    """Return the wall time and the CPU time (user + system) of one run of ``argv``."""
+    cpu = _children_cpu()
     start = time.perf_counter()
     result = subprocess.run(argv, input=data, env=env, capture_output=True, check=False)
     elapsed = time.perf_counter() - start
     if result.returncode != 0 or result.stderr:
         sys.exit(f"{argv[-1]} failed: {result.stderr.decode(errors='replace')}")
-    return elapsed
+    return elapsed, _children_cpu() - cpu
 
 
 def state(bundle: Path | None, container_id: str = CID) -> bytes:
@@ -139,11 +149,14 @@ def main() -> None:
             REFERENCE: ([python, *hooksd.REFERENCE_ARGS, "poststart"], state(bundle), env),
         }
         times: dict[str, list[float]] = {name: [] for name in cases}
+        cpu: dict[str, list[float]] = {name: [] for name in cases}
         for argv, data, case_env in cases.values():  # warm the page cache
             timed(argv, data, case_env)
         for _ in range(runs):
             for name, (argv, data, case_env) in cases.items():
-                times[name].append(timed(argv, data, case_env))
+                wall, used = timed(argv, data, case_env)
+                times[name].append(wall)
+                cpu[name].append(used)
         written = (base / "root" / "containers" / CID / "audit.jsonl").read_bytes().count(b"\n")
         size = Path(native).stat().st_size
 
@@ -154,14 +167,15 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.1f}; {written} entries written"
     )
     print()
-    print("| command | median ms | p90 ms | vs /bin/true | vs python -I -S |")
-    print("|---|---:|---:|---:|---:|")
+    print("| command | median ms | p90 ms | vs /bin/true | vs python -I -S | CPU ms (mean) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, values in times.items():
         values.sort()
         median = medians[name]
         print(
             f"| {name} | {median * 1000:.2f} | {percentile(values, 0.9) * 1000:.2f} | "
-            f"{median / medians[TRUE]:.2f}x | {median / medians[PY_BARE]:.2f}x |"
+            f"{median / medians[TRUE]:.2f}x | {median / medians[PY_BARE]:.2f}x | "
+            f"{statistics.fmean(cpu[name]) * 1000:.2f} |"
         )
     ms = {name: value * 1000 for name, value in medians.items()}
     print()
