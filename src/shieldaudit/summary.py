@@ -137,7 +137,7 @@ def step(lifecycle: Lifecycle, action: str | None) -> Lifecycle:
     elif role is Role.PAUSE:
         state = State.PAUSED
     elif role is Role.END:
-        saw = started.get(family)
+        saw = lifecycle.saw_start(family)
         failed = saw is False or (saw is None and state is State.FAILED)
         state = State.FAILED if failed else State.EXITED
     else:
