@@ -288,8 +288,8 @@ fn run(args: &[OsString], ctx: &mut Context) -> i32 {
             end -= 1;
         }
         let base = json::to_string(&state.bundle[..end]).unwrap_or_default();
-        if let Some(data) = read_file(&format!("{}/config.json", base), oci::MAX_CONFIG_BYTES) {
-            match oci::bundle_info(&data) {
+        if let Some(config) = read_file(&format!("{}/config.json", base), oci::MAX_CONFIG_BYTES) {
+            match oci::bundle_info(&config) {
                 Ok(info) => bundle = info,
                 Err(why) => return hand_over(ctx, args, Some(&data), why),
             }

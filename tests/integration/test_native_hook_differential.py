@@ -183,6 +183,8 @@ odd_scalar = st.one_of(
             RawJson("9" * 400),
             RawJson("-0"),
             RawJson("[" * 40 + "]" * 40),
+            RawJson("[" * 200 + "]" * 200),  # deeper than the native reader goes
+            RawJson("7" * 5000),  # longer than Python converts
         ]
     ),
     hostile_text,

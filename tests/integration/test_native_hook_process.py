@@ -14,16 +14,13 @@ import json
 import resource
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from native_hook import native_hook
 from shieldaudit.settings import StoreSettings
 from shieldaudit.store import chain
 from shieldaudit.store.verify import verify_container
 from shieldaudit.store.writer import TrailWriter
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 CID = "c0ffee" * 10 + "c0de"
 NO_PYTHON = "/nonexistent/python3"
@@ -285,3 +282,21 @@ def test_a_full_error_log_is_rotated_natively(tmp_path):
     assert log.with_name("hook-errors.1.jsonl").read_bytes() == full
     (line,) = log.read_bytes().splitlines()
     assert json.loads(line)["stage"] == "bogus"
+
+
+def test_a_hand_over_for_the_bundle_passes_the_state_not_the_bundle(tmp_path):
+    """A config.json the native reader leaves to the reference is handed over with the state.
+
+    Nesting deeper than the native reader goes, in config.json: the reference gets
+    the runtime's state on stdin (its status and pid are in the entry) and reads
+    config.json itself.
+    """
+    root = tmp_path / "root"
+    bundle = podman_bundle(tmp_path)
+    config = Path(bundle) / "config.json"
+    deep = "[" * 200 + "]" * 200
+    config.write_text(f'{{"process":{{"args":["sleep","9"]}},"x":{deep}}}')
+    proc = run("poststart", state(bundle, "running", 31337), env_for(root, sys.executable))
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    (entry,) = entries(root)
+    assert (entry["status"], entry["pid"], entry["detail"]) == ("running", 31337, "sleep 9")
