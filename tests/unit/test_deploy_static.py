@@ -32,7 +32,7 @@ CONTAINERFILE = REPO / "Containerfile"
 TRAIL_ROOT = "/var/lib/shieldaudit"
 HOOKS_DIR = "/etc/containers/oci/hooks.d"
 BUILTIN_HOOKS_DIR = "/usr/share/containers/oci/hooks.d"
-#: Every metric name DESIGN.md section 6 defines; anything else in a query is a typo.
+#: Every metric name the sidecar exports (docs/sidecar.md, "Metrics"); anything else is a typo.
 METRICS = {
     "shieldaudit_events_total",
     "shieldaudit_rotations_total",
