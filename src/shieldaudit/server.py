@@ -350,8 +350,10 @@ class ServerHandle:
                 writer.transport.abort()
                 return
             await self._serve(reader, writer)
-        except (ConnectionError, OSError, asyncio.CancelledError):
-            pass
+        except (ConnectionError, OSError, EOFError, asyncio.CancelledError):
+            pass  # the client went away (or the server is stopping): nothing to answer
+        except Exception:
+            log.exception("HTTP server: a connection failed")
         finally:
             self._live.discard(writer)
             self._waiting.pop(writer, None)

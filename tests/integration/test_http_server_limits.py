@@ -9,6 +9,7 @@ concurrent scrapes share a render that started after they arrived.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -239,3 +240,13 @@ def exchange_on(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         received += chunk
     return received
+
+
+def test_client_leaving_mid_body_is_quietly_dropped(server, caplog):
+    """A body cut short by the client's close ends that connection only, with nothing logged."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE_S) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nContent-Length: 10\r\n\r\nhalf")
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(65536) == b""
+    assert status_of(exchange(server.port, b"GET /healthz HTTP/1.0\r\n\r\n")) == 200
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
