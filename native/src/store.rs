@@ -58,6 +58,13 @@ pub fn signing_key(path: Option<&str>, root: &str) -> Result<Option<(Vec<u8>, St
     if data.len() > MAX_KEY_FILE_BYTES || data.iter().any(|&b| matches!(b, b'\r' | 0x0b | 0x0c)) {
         return Err(doubt());
     }
+    // An evolving (forward-secure) key changes with every seal, under a lock
+    // the reference path takes: it is never signed with here.
+    if data.starts_with(b"shieldaudit-evolving-key")
+        || data.starts_with(b"shieldaudit-verification-key")
+    {
+        return Err(Outcome::hand_over("the key file holds an evolving key"));
+    }
     let mut secrets: Vec<&[u8]> = Vec::new();
     for line in data.split(|&b| b == b'\n') {
         if line.first() == Some(&b'#') {

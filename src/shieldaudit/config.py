@@ -39,6 +39,7 @@ class Settings(BaseModel):
     #: Where key_file came from (not a setting): named when the key file is unusable.
     key_file_source: str = "default"
     unaudited_grace: Annotated[float, BeforeValidator(core.parse_grace)]
+    seal_interval: Annotated[float, BeforeValidator(core.parse_seal_interval)]
 
     def store(self) -> core.StoreSettings:
         """Return the subset a trail writer needs."""

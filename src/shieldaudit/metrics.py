@@ -115,6 +115,11 @@ class SidecarMetrics:
             "Container starts reported by Podman's events without their hook entries",
             registry=registry,
         )
+        self.last_seal = Gauge(
+            "shieldaudit_last_seal_timestamp_seconds",
+            "When the last seal of every trail's head was made (0: none yet)",
+            registry=registry,
+        )
         self.listener = ListenerCollector(listener_status)
         registry.register(self.listener)
         self.hooks = HooksCollector(hooks_check)

@@ -191,6 +191,30 @@ def parse_grace(value: object) -> float:
     return number
 
 
+_DURATION_UNITS: Final = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+#: Longest seal interval: a week (the stale-seal alert fires long before).
+MAX_SEAL_INTERVAL: Final = 7 * 86400.0
+
+
+def parse_seal_interval(value: object) -> float:
+    """Parse the seal interval: seconds or ``30s``/``10m``/``1h``/``1d``; 0 turns sealing off."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 1h or 0, not a boolean")
+    text = str(value).strip().lower()
+    unit = text[-1:] if text[-1:] in _DURATION_UNITS else ""
+    try:
+        number = float(text[: len(text) - len(unit)]) * _DURATION_UNITS[unit]
+    except ValueError:
+        raise ValueError(
+            f"expected a duration such as 1h, 10m or 30s (0 turns sealing off), got {_shown(value)}"
+        ) from None
+    if number != 0 and not 1 <= number <= MAX_SEAL_INTERVAL:  # also refuses nan and inf
+        raise ValueError(
+            f"expected 0 (off) or a duration from 1s to 7d, got {_shown(value)}",
+        )
+    return number
+
+
 def default_root(uid: int | None = None, environ: Mapping[str, str] | None = None) -> Path:
     """Return the default trail root: system-wide for root, XDG state dir otherwise."""
     uid = os.geteuid() if uid is None else uid
@@ -288,6 +312,13 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         parse_grace,
         lambda: 5.0,
         "seconds a container start may wait for its hook entries before it counts as unaudited",
+    ),
+    Setting(
+        "seal_interval",
+        "SHIELDAUDIT_SEAL_INTERVAL",
+        parse_seal_interval,
+        lambda: 3600.0,
+        "how often the sidecar seals every trail's head (1h; 0 turns it off)",
     ),
     Setting(
         "http_timeout",

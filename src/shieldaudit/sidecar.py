@@ -23,6 +23,7 @@ from shieldaudit import hookmanifest, instance
 from shieldaudit.errors import ShieldAuditError
 from shieldaudit.metrics import SidecarMetrics
 from shieldaudit.server import DEFAULT_TIMEOUT_S, ServerHandle, serve
+from shieldaudit.store import seals
 from shieldaudit.store.chain import NO_KEYS, KeyRing
 from shieldaudit.watch.reconcile import DEFAULT_GRACE_S
 from shieldaudit.watch.watcher import Watcher
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from shieldaudit.config import Settings
+    from shieldaudit.settings import StoreSettings
 
 log = logging.getLogger("shieldaudit.sidecar")
 
@@ -93,6 +95,7 @@ class Sidecar:
         listener: Callable[[], ListenerHandle] | None = None,
         grace: float = DEFAULT_GRACE_S,
         http_timeout: float = DEFAULT_TIMEOUT_S,
+        sealing: tuple[StoreSettings, float] | None = None,
     ) -> None:
         """Lock the root, open the checkpoint, start serving; the watch loop starts in :meth:`run`.
 
@@ -109,6 +112,8 @@ class Sidecar:
             listener: starts the in-process events listener; None for ``--no-listen``.
             grace: seconds a start event waits for its hook entries (``unaudited_grace``).
             http_timeout: seconds an HTTP client has to send a request (or take the answer).
+            sealing: the store settings and interval to seal every trail's head at
+                (and once more on a clean stop); None or an interval of 0: no sealing.
 
         Raises:
             SidecarBusyError: another sidecar holds ``<root>/state/sidecar.lock``.
@@ -124,6 +129,9 @@ class Sidecar:
             hooks_check=lambda: hookmanifest.check(root),
         )
         self.stop_event = threading.Event()
+        self._sealer = Sealer(sealing[0], self.metrics) if sealing and sealing[1] else None
+        self._seal_interval = sealing[1] if sealing else 0.0
+        self._seal_thread: threading.Thread | None = None
         try:
             self.watcher = Watcher(
                 root,
@@ -179,7 +187,19 @@ class Sidecar:
         try:
             if self._listener_factory is not None:
                 self._listener = self._listener_factory()
+            if self._sealer is not None:
+                self._seal_thread = threading.Thread(
+                    target=self._sealer.every,
+                    args=(self._seal_interval, self.stop_event),
+                    name="sealer",
+                    daemon=True,
+                )
+                self._seal_thread.start()
             self.watcher.run(self.stop_event)
+            if self._sealer is not None and self.stop_event.is_set():
+                if self._seal_thread is not None:
+                    self._seal_thread.join()
+                self._sealer.seal()  # a clean stop seals what this run saw last
         finally:
             self.close()
 
@@ -199,6 +219,45 @@ class Sidecar:
     def __exit__(self, *_exc: object) -> None:
         """Close on exit."""
         self.close()
+
+
+class Sealer:
+    """Seals every trail's head for the sidecar and reports what the seals find."""
+
+    def __init__(self, settings: StoreSettings, metrics: SidecarMetrics) -> None:
+        """Export the last seal's time as it is on disk now."""
+        self._settings = settings
+        self._metrics = metrics
+        self._seen: set[str] = set()
+        last = seals.last_seal_time(settings.root)
+        if last is not None:
+            metrics.last_seal.set(last)
+
+    def every(self, interval: float, stop: threading.Event) -> None:
+        """Seal every ``interval`` seconds until ``stop`` is set."""
+        while not stop.wait(interval):
+            self.seal()
+
+    def seal(self) -> None:
+        """Seal now; count each problem found once in ``shieldaudit_integrity_failures_total``."""
+        try:
+            outcome = seals.seal_now(self._settings)
+        except ShieldAuditError as exc:
+            log.error("cannot seal: %s", exc.message)  # noqa: TRY400 -- one line
+            return
+        except OSError as exc:
+            log.error("cannot seal: %s", exc.strerror or exc)  # noqa: TRY400 -- one line
+            return
+        self._metrics.last_seal.set(seals.seconds(outcome.ts))
+        found = [*outcome.seal_problems]
+        found += [f"{cid[:12]} seals: {problem}" for cid, problem in outcome.problems.items()]
+        new = [problem for problem in found if problem not in self._seen]
+        for problem in new:
+            log.warning("%s", problem)
+            if len(self._seen) < 100_000:  # bounded whatever a hostile root holds
+                self._seen.add(problem)
+        if new:
+            self._metrics.integrity_failures.inc(len(new))
 
 
 class RunnableListener(Protocol):

@@ -31,6 +31,8 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "tail": ("shieldaudit.cli.inspect", "tail_command"),
     "verify": ("shieldaudit.cli.verify", "verify_command"),
     "prune": ("shieldaudit.cli.prune", "prune_command"),
+    "seal": ("shieldaudit.cli.seal", "seal_command"),
+    "keys": ("shieldaudit.cli.keys", "keys_command"),
     "install-hooks": ("shieldaudit.cli.hooks", "install_hooks_command"),
     "listen": ("shieldaudit.cli.listen", "listen_command"),
     "sidecar": ("shieldaudit.cli.sidecar", "sidecar_command"),

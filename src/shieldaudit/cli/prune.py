@@ -33,7 +33,7 @@ from shieldaudit.cli.output import warn
 from shieldaudit.cli.timeargs import parse_age, ts_bound
 from shieldaudit.cli.trails import Trails
 from shieldaudit.errors import EXIT_FAILURE, LockTimeoutError, ShieldAuditError, StorageError
-from shieldaudit.store import layout
+from shieldaudit.store import layout, pending, seals
 from shieldaudit.summary import ENDED
 from shieldaudit.timefmt import format_ns
 
@@ -112,6 +112,18 @@ def _decide(trails: Trails, summary: Summary, cutoff: str, now: float) -> tuple[
     modified = format_ns(modified_ns)
     settling = now - modified_ns / 1e9 < SETTLE_S
     return keep_reason(summary, cutoff, settling=settling, modified=modified), modified
+
+
+def _tombstone(trails: Trails, container_id: str) -> None:
+    """Record the removal for the next seal, before anything is removed.
+
+    A crash after this and before the removal leaves a tombstone for a trail
+    still there, which is harmless; the reverse would look like tampering.
+    """
+    head = seals.trail_head(trails.fd, container_id, trails.root)
+    seq, mac = (head.seq, head.mac) if head is not None else (0, "")
+    record = {"container_id": container_id, "seq": seq, "mac": mac, "ts": format_ns(time.time_ns())}
+    pending.append(trails.root_fd, trails.root, pending.TOMBSTONES, record)
 
 
 def _remove_trail(trails: Trails, container_id: str) -> int:
@@ -193,6 +205,7 @@ def prune(
                         Outcome(summary, removed=False, reason=reason, modified=modified)
                     )
                     continue
+                _tombstone(trails, container_id)
                 files = _remove_trail(trails, container_id)
                 # Unlinked while held, so a writer waiting on this lock file starts afresh.
                 _remove_state(trails, container_id)

@@ -108,5 +108,6 @@ def sidecar_command(  # noqa: PLR0917 -- click passes one argument per option
         listener=None if no_listen else (lambda: listener_factory(settings, keys)),
         grace=settings.unaudited_grace,
         http_timeout=settings.http_timeout,
+        sealing=(settings.store(), settings.seal_interval),
     )
     run_until_signalled(sidecar)

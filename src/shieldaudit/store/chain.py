@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from shieldaudit.errors import ConfigError
+from shieldaudit.store import fskey
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
 GENESIS: Final = "0" * 64
 ALG_PLAIN: Final = "sha256"
 ALG_KEYED_PREFIX: Final = "hmac-sha256:"
+#: Entries and seals signed with an evolving key: ``hmac-sha256-fs:<kid>`` plus ``"epoch": N``.
+ALG_EVOLVING_PREFIX: Final = "hmac-sha256-fs:"
+#: What :func:`expected_mac` says of an epoch whose key this host no longer holds.
+EARLIER_EPOCH: Final = "signed in an earlier epoch (needs the verification key)"
 MAC_HEX_LEN: Final = 64
 _MAC_PREFIX: Final = b',"mac":"'
 _MAC_SUFFIX_LEN: Final = len(_MAC_PREFIX) + MAC_HEX_LEN + 2  # + '"}'
@@ -81,6 +86,8 @@ class Key:
 
     secret: bytes
     kid: str
+    #: The epoch of an evolving key (None for a static key).
+    epoch: int | None = None
 
     @classmethod
     def from_secret(cls, secret: bytes) -> Key:
@@ -94,6 +101,8 @@ class KeyRing:
     """The signing key (first) and every key accepted when verifying."""
 
     keys: tuple[Key, ...]
+    #: The evolving key, when the key file holds one (then ``keys`` is its current epoch).
+    series: fskey.Series | None = None
 
     @property
     def signer(self) -> Key | None:
@@ -128,10 +137,29 @@ def load_keys(path: Path | None, *, source: str = "settings", root: Path | None 
                 f"{path} is inside the trail root {root}, where whoever can read or copy the "
                 "trails gets the key: move it out (for example to /etc/shieldaudit/key)",
             )
-        secrets = _parse_secrets(path, _read_key_file(path))
+        data = _read_key_file(path)
+        if fskey.is_evolving(data):
+            return evolving_ring(path, data)
+        secrets = _parse_secrets(path, data)
     except ValueError as exc:
         raise ConfigError("key_file", source, str(exc)) from None
     return KeyRing(tuple(Key.from_secret(s) for s in secrets))
+
+
+def evolving_ring(path: Path | str, data: bytes) -> KeyRing:
+    """Return the ring of an evolving key file: its current epoch signs; raise ValueError."""
+    header, series = fskey.decode(data, path)
+    if header != fskey.SIGNING_HEADER:
+        raise ValueError(
+            f"{path} is a verification key: it belongs off this host, given to "
+            "'shieldaudit verify --verification-key'; the key file is the signing key",
+        )
+    return KeyRing((Key(series.secret, series.kid, series.epoch),), series)
+
+
+def read_private(path: Path) -> bytes:
+    """Return a private key file's bytes (regular, ours or root's, ``0600``); raise ValueError."""
+    return _read_key_file(path)
 
 
 def store_keys(settings: StoreSettings) -> KeyRing:
@@ -203,7 +231,11 @@ def digest(key: Key | None, data: bytes) -> str:
 
 def alg_name(key: Key | None) -> str:
     """Return the ``chain`` value for entries written with ``key``."""
-    return ALG_PLAIN if key is None else ALG_KEYED_PREFIX + key.kid
+    if key is None:
+        return ALG_PLAIN
+    if key.epoch is not None:
+        return ALG_EVOLVING_PREFIX + key.kid
+    return ALG_KEYED_PREFIX + key.kid
 
 
 def build_body(fields: Mapping[str, object], prev: str, key: Key | None) -> dict[str, object]:
@@ -249,22 +281,51 @@ def line_mac(line: bytes) -> str | None:
     return mac if _HEX.issuperset(mac) else None
 
 
-def expected_mac(line: bytes, alg: str, keys: KeyRing) -> tuple[str | None, str | None]:
-    """Recompute a line's mac; return ``(mac, None)`` or ``(None, why it cannot be)``."""
+def expected_mac(
+    line: bytes, alg: str, keys: KeyRing, epoch: object = None
+) -> tuple[str | None, str | None]:
+    """Recompute a line's mac; return ``(mac, None)`` or ``(None, why it cannot be)``.
+
+    ``epoch`` is the line's ``epoch`` value, used for evolving keys; a key of an
+    earlier epoch than the host holds gives :data:`EARLIER_EPOCH`.
+    """
     signed = signed_part(line)
     if signed is None:
         return None, "no valid mac suffix"
     if alg == ALG_PLAIN:
         return digest(None, signed), None
+    if alg.startswith(ALG_EVOLVING_PREFIX):
+        return _evolving_mac(signed, alg[len(ALG_EVOLVING_PREFIX) :], keys.series, epoch)
     if alg.startswith(ALG_KEYED_PREFIX):
-        kid = alg[len(ALG_KEYED_PREFIX) :]
-        key = keys.by_kid(kid)
-        if key is None:
-            if not keys.keys:
-                return None, f"entry is keyed (key id {kid}) and no key file is set"
-            return None, f"entry is keyed with a key not in the key file (key id {kid})"
-        return digest(key, signed), None
+        return _static_mac(signed, alg[len(ALG_KEYED_PREFIX) :], keys)
     return None, f"unknown chain algorithm {alg!r}"
+
+
+def _static_mac(signed: bytes, kid: str, keys: KeyRing) -> tuple[str | None, str | None]:
+    key = keys.by_kid(kid)
+    if key is None:
+        if not keys.keys:
+            return None, f"entry is keyed (key id {kid}) and no key file is set"
+        return None, f"entry is keyed with a key not in the key file (key id {kid})"
+    return digest(key, signed), None
+
+
+def _evolving_mac(
+    signed: bytes, kid: str, series: fskey.Series | None, epoch: object
+) -> tuple[str | None, str | None]:
+    if series is None or series.kid != kid:
+        return None, f"signed with an evolving key (key id {kid}) that is not configured"
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        return None, "signed with an evolving key but has no valid epoch"
+    secret = series.key_for(epoch)
+    if secret is None:
+        if epoch < series.epoch:
+            return None, EARLIER_EPOCH
+        return None, (
+            f"signed in epoch {epoch}, later than the key's epoch {series.epoch} "
+            "(the key file was put back, or the line was forged)"
+        )
+    return hmac.new(secret, signed, hashlib.sha256).hexdigest(), None
 
 
 def parse_line(line: bytes) -> dict[str, object]:

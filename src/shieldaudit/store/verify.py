@@ -25,7 +25,11 @@ from shieldaudit.store import chain, layout
 from shieldaudit.store.reader import Record, Segment, TrailDir
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
     from pathlib import Path
+
+    #: A further check of each entry (against the seals): a problem message, or None.
+    EntryCheck = Callable[[int, Mapping[str, object]], str | None]
 
 #: Problems kept (and printed) per container; the rest are only counted.
 MAX_PROBLEMS: Final = 20
@@ -46,6 +50,8 @@ class Problem:
 
     def render(self) -> str:
         """Return the problem as one line: container, segment, seq, what is wrong."""
+        if self.seq is None and self.segment == "seals":
+            return f"{self.container_id[:12]} seals: {self.message}"
         where = f"seq {self.seq}" if self.seq is not None else "seq ?"
         return f"{self.container_id[:12]} {self.segment} {where}: {self.message}"
 
@@ -63,6 +69,8 @@ class Report:
     problems: list[Problem] = field(default_factory=list)  # the first MAX_PROBLEMS
     problem_count: int = 0  # every problem found, kept or not
     notes: list[str] = field(default_factory=list)
+    #: Entries signed in an earlier epoch of an evolving key (need the verification key).
+    unchecked: int = 0
 
     @property
     def ok(self) -> bool:
@@ -97,6 +105,7 @@ class _State:
     last_keyed_seq: int | None = None
     first_unkeyed_after_key: int | None = None
     reported: set[str] = field(default_factory=set)
+    entry_check: EntryCheck | None = None
 
     def problem(
         self, segment: Segment, seq: int | None, message: str, *, once: bool = False
@@ -117,13 +126,17 @@ def verify_container(
     *,
     keep_segments: int = 0,
     lock_timeout: float = layout.LOCK_TIMEOUT_S,
+    entry_check: EntryCheck | None = None,
 ) -> Report:
-    """Verify one container's trail; never raises for what it finds in the files."""
+    """Verify one container's trail; never raises for what it finds in the files.
+
+    ``entry_check`` (the seals' view of this trail) is asked about each entry too.
+    """
     report = Report(container_id)
     with TrailDir(root, container_id) as trail:
         segments = trail.segments()
         report.segments = len(segments)
-        state = _State(report, keys)
+        state = _State(report, keys, entry_check=entry_check)
         _check_segment_numbers(state, segments, keep_segments)
         for segment in segments:
             for record in trail.records([segment]):
@@ -213,6 +226,10 @@ def _check(state: _State, record: Record) -> None:
         state.problem(segment, seq, "entry belongs to another container (container_id differs)")
     _check_mac(state, record, entry, seq)
     _check_link(state, segment, entry, seq)
+    if state.entry_check is not None:
+        problem = state.entry_check(seq, entry)
+        if problem is not None:
+            state.problem(segment, seq, problem)
     report.entries += 1
     if report.first_seq is None:
         report.first_seq = seq
@@ -229,7 +246,7 @@ def _check_mac(state: _State, record: Record, entry: dict[str, object], seq: int
     if not isinstance(alg, str):
         state.problem(record.segment, seq, "missing chain algorithm")
         return
-    keyed = alg.startswith(chain.ALG_KEYED_PREFIX)
+    keyed = alg.startswith((chain.ALG_KEYED_PREFIX, chain.ALG_EVOLVING_PREFIX))
     if keyed:
         state.report.keyed = True
         state.last_keyed_seq = seq
@@ -241,7 +258,10 @@ def _check_mac(state: _State, record: Record, entry: dict[str, object], seq: int
     ):
         state.first_unkeyed_after_key = seq
         state.problem(record.segment, seq, "unkeyed entry after keyed entries (chain downgraded)")
-    want, why = chain.expected_mac(record.line.data, alg, state.keys)
+    want, why = chain.expected_mac(record.line.data, alg, state.keys, entry.get("epoch"))
+    if why == chain.EARLIER_EPOCH:
+        state.report.unchecked += 1
+        return
     if want is None:
         state.problem(record.segment, seq, f"cannot check: {why}", once=keyed)
         return

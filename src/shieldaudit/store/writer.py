@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Self
 
 from shieldaudit.errors import StorageError
-from shieldaudit.store import chain, layout, tailscan
+from shieldaudit.store import chain, layout, pending, tailscan
 from shieldaudit.timefmt import format_ns
 
 if TYPE_CHECKING:
@@ -179,6 +179,26 @@ class TrailWriter:
         """
         layout.check_container_id(container_id)
         self._open()
+        if self._keys.series is None:
+            return self._append_once(container_id, fields, skip)
+        # An evolving key changes with every seal: read it under the seal lock,
+        # held shared until the entry is written, so no seal closes the epoch
+        # between reading the key and the write.
+        seal_fd = pending.open_state_file(self._root_fd, self._root, pending.SEAL_LOCK)
+        try:
+            pending.lock(seal_fd, "state/seal.lock", shared=True)
+            if self._settings.key_file is not None:
+                self._keys = chain.store_keys(self._settings)
+            return self._append_once(container_id, fields, skip)
+        finally:
+            os.close(seal_fd)
+
+    def _append_once(
+        self,
+        container_id: str,
+        fields: Mapping[str, object],
+        skip: Callable[[Iterable[Mapping[str, object]]], bool] | None,
+    ) -> Written | None:
         handle = self._handle(container_id)
         try:
             self._lock(handle, container_id)
@@ -313,6 +333,8 @@ class TrailWriter:
             body["torn_tail_bytes"] = torn.size
             body["torn_tail_sha256"] = torn.sha256
         signer = self._keys.signer
+        if signer is not None and signer.epoch is not None:
+            body["epoch"] = signer.epoch
         line, mac = chain.seal(chain.build_body(body, prev, signer), signer)
         _check_size(line, container_id)
         handle.head = None  # until the write is known to be complete
@@ -445,6 +467,13 @@ class TrailWriter:
         numbers.append(number)
         if keep and len(numbers) > keep:
             for old in numbers[: len(numbers) - keep]:
+                # Recorded before it goes, for the next seal: retention is not tampering.
+                pending.append(
+                    self._root_fd,
+                    self._root,
+                    pending.RETIRED,
+                    {"container_id": container_id, "segment": old, "ts": format_ns(self._clock())},
+                )
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(layout.segment_name(old), dir_fd=dir_fd)
         layout.fsync_dir(dir_fd)
