@@ -18,7 +18,12 @@ writer uses it.
 ``state/seal.lock`` orders appends signed with an evolving key against the
 key step: such writers hold it shared from reading the key to the end of the
 write, a seal holds it exclusively while it reads the heads, writes the seal
-and advances the key. Both waits are bounded like the container locks.
+and advances the key. Both waits are bounded like the container locks. A
+busy writer would always find some other writer holding the lock shared, so
+everyone passes ``state/seal.turnstile`` first (held exclusively for an
+instant by writers, for the whole seal by the sealer): once a seal is
+waiting, no new writer gets in, and the seal waits only for the appends
+already under way.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Self
 
 from shieldaudit.errors import LockTimeoutError, StorageError
 from shieldaudit.store import layout
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
 RETIRED: Final = "retired.jsonl"
 TOMBSTONES: Final = "tombstones.jsonl"
 SEAL_LOCK: Final = "seal.lock"
+TURNSTILE: Final = "seal.turnstile"
 _MAX_BYTES: Final = 64 * 1024 * 1024
 
 
@@ -77,6 +83,40 @@ def lock(fd: int, what: str, *, shared: bool = False) -> None:
             f"timed out after {layout.LOCK_TIMEOUT_S:g}s waiting for the lock of {what}: "
             "a seal or another writer holds it; retry, or look for a stuck shieldaudit process",
         ) from None
+
+
+class SealLock:
+    """``state/seal.lock``: shared (evolving-key writers) or exclusive (a seal)."""
+
+    def __init__(self, root_fd: int, root: Path, *, shared: bool) -> None:
+        """Take the lock, each wait bounded; release with :meth:`release` (or ``with``)."""
+        self._fds: list[int] = []
+        try:
+            turnstile = open_state_file(root_fd, root, TURNSTILE)
+            self._fds.append(turnstile)
+            lock(turnstile, "state/seal.turnstile")
+            fd = open_state_file(root_fd, root, SEAL_LOCK)
+            self._fds.append(fd)
+            lock(fd, "state/seal.lock", shared=shared)
+            if shared:  # in: let the next one (maybe a seal) through the turnstile
+                self._fds.remove(turnstile)
+                os.close(turnstile)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Drop the locks (closing the descriptors releases the flocks)."""
+        while self._fds:
+            os.close(self._fds.pop())
+
+    def __enter__(self) -> Self:
+        """Use as a context manager."""
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Release on leaving the block."""
+        self.release()
 
 
 def unlock(fd: int) -> None:

@@ -364,9 +364,15 @@ def entry_checker(
     last_epoch = result.last_epoch
 
     def check(seq: int, entry: Mapping[str, object]) -> str | None:
+        wrong_epoch = epoch_problem(seq, entry)
+        if wrong_epoch is not None:
+            return wrong_epoch
         pin = by_seq.get(seq)
         if pin is not None and entry.get("mac") != pin.mac:
             return f"differs from seal {pin.seal}, which recorded this entry: history rewritten"
+        return None
+
+    def epoch_problem(seq: int, entry: Mapping[str, object]) -> str | None:
         epoch = entry.get("epoch")
         if not isinstance(epoch, int) or not str(entry.get("chain", "")).startswith(
             chain.ALG_EVOLVING_PREFIX
@@ -556,18 +562,14 @@ class Outcome:
 def seal_now(settings: StoreSettings, *, clock: Callable[[], int] = time.time_ns) -> Outcome:
     """Write a seal of every trail now (and advance an evolving key); return what it did.
 
-    Holds ``state/seal.lock`` exclusively throughout: writers with an evolving
+    Holds the seal lock exclusively throughout (:class:`pending.SealLock`): writers with an evolving
     key wait (bounded) and no entry of the epoch being closed is in flight.
     """
     root = settings.root
     root_fd = layout.open_root(root, create=True)
     try:
-        lock_fd = pending.open_state_file(root_fd, root, pending.SEAL_LOCK)
-        try:
-            pending.lock(lock_fd, "state/seal.lock")
+        with pending.SealLock(root_fd, root, shared=False):
             return _seal_locked(settings, root_fd, clock)
-        finally:
-            os.close(lock_fd)
     finally:
         os.close(root_fd)
 

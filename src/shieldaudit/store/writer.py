@@ -184,14 +184,10 @@ class TrailWriter:
         # An evolving key changes with every seal: read it under the seal lock,
         # held shared until the entry is written, so no seal closes the epoch
         # between reading the key and the write.
-        seal_fd = pending.open_state_file(self._root_fd, self._root, pending.SEAL_LOCK)
-        try:
-            pending.lock(seal_fd, "state/seal.lock", shared=True)
+        with pending.SealLock(self._root_fd, self._root, shared=True):
             if self._settings.key_file is not None:
                 self._keys = chain.store_keys(self._settings)
             return self._append_once(container_id, fields, skip)
-        finally:
-            os.close(seal_fd)
 
     def _append_once(
         self,
