@@ -45,6 +45,7 @@ METRICS = {
     "shieldaudit_build_info",
     "shieldaudit_unaudited_starts_total",
     "shieldaudit_hooks_installed",
+    "shieldaudit_last_seal_timestamp_seconds",
 }
 
 
@@ -350,6 +351,7 @@ def test_alerts_cover_the_issue_and_use_only_real_metrics():
     assert "shieldaudit_unaudited_starts_total" in alerts["ShieldauditUnauditedStart"]["expr"]
     assert alerts["ShieldauditUnauditedStart"]["labels"]["severity"] == "critical"
     assert "shieldaudit_hooks_installed" in alerts["ShieldauditHooksNotInstalled"]["expr"]
+    assert "shieldaudit_last_seal_timestamp_seconds" in alerts["ShieldauditSealsStale"]["expr"]
     for rule in alerts.values():
         assert metric_names(rule["expr"]) <= METRICS, rule["alert"]
         assert rule["labels"]["severity"] in {"info", "warning", "critical"}
