@@ -113,9 +113,8 @@ def main() -> None:
         print("| what | seconds |")
         print("|---|---|")
         print(f"| first seal (every head listed) | {first:.3f} |")
-        print(
-            f"| later seal, 10 trails moved (median of {args.runs}) | {statistics.median(later):.3f} |"
-        )
+        median = statistics.median(later)
+        print(f"| later seal, 10 trails moved (median of {args.runs}) | {median:.3f} |")
         print(
             f"| verify's seal part: heads + fold (median) | {statistics.median(verify_side):.3f} |"
         )

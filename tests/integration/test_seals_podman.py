@@ -108,7 +108,7 @@ def test_a_day_of_containers_prune_and_rotation_verifies_until_tampered(podman_e
             podman_env.run("rm", name)
             kept.append(cid)
             if hour % 2:
-                # Prune the trail of two "hours" ago: it ended; its files dated back past the settling time.
+                # Prune the trail of two "hours" ago (ended; files dated back past settling).
                 old = kept.pop(0)
                 directory = root / "containers" / old
                 for path in [*directory.iterdir(), directory]:
