@@ -8,7 +8,9 @@ recorded time and the trail's modification time (its ``audit.jsonl`` or its
 directory, whichever changed last): a recorded time from a clock that was
 wrong, or set back since, cannot make a trail written moments ago look old.
 A trail directory without any segment file (left by an interrupted prune)
-goes once it is that quiet. The decision is taken again under the container's
+goes once it is that quiet. Before anything is removed, a tombstone is
+recorded for the next seal, so ``verify`` knows the trail was pruned, not
+deleted. The decision is taken again under the container's
 lock, which is held while the files are deleted, so no writer appends to a
 trail being removed. Files are unlinked relative to the trail's directory
 descriptor (``unlink`` never follows a symlink); then the directory, its lock
