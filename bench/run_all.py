@@ -22,6 +22,7 @@ BENCHMARKS = (
     ("metrics http", HERE / "metrics_http.py"),
     ("cli", HERE / "cli" / "run.py"),
     ("unaudited latency", HERE / "unaudited_latency.py"),
+    ("seal", HERE / "seal.py"),
 )
 
 

@@ -1,6 +1,6 @@
 """How long a seal takes over many trails, and what the first and later seals cost.
 
-Usage: ``python bench/seal.py [--trails 10000] [--entries 3] [--runs 5] [--dir D] [--evolving]``
+Usage: ``python bench/seal.py [--trails N] [--entries N] [--runs N] [--evolving] [--quick]``
 
 Builds ``--trails`` trails of ``--entries`` entries each with the real writer
 (plain appends, so building is quick), then times, in one process:
@@ -82,7 +82,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--evolving", action="store_true", help="seal with an evolving key")
+    parser.add_argument("--quick", action="store_true", help="1,000 trails, 2 runs")
     args = parser.parse_args()
+    if args.quick:
+        args.trails, args.runs = 1000, 2
     base = Path(tempfile.mkdtemp(prefix="shieldaudit-seal-", dir=args.dir))
     try:
         root = base / "root"
@@ -118,7 +121,11 @@ def main() -> None:
         print(
             f"| verify's seal part: heads + fold (median) | {statistics.median(verify_side):.3f} |"
         )
-        print(f"\nseals.jsonl after {args.runs + 1} seals: {size} bytes")
+        bare = statistics.median(floors)
+        print(f"| floor: bare system calls per trail (median) | {bare:.3f} |")
+        print(f"\nlater seal / floor: {median / bare:.2f}")
+        print(f"seals.jsonl after {args.runs + 1} seals: {size} bytes")
+        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
