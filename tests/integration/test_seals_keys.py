@@ -218,3 +218,16 @@ def test_verification_key_of_another_series_is_a_usage_error(host, tmp_path):
     assert result.code == 2
     assert result.err.startswith("Error: invalid setting --verification-key (from option):")
     assert os.path.exists(other)
+
+
+def test_all_seals_deleted_shows_against_the_key_epoch(host):
+    """Removing seals/ altogether is caught on the host: the key has stepped three times."""
+    root, _, _, env = host
+    _history(host)
+    for path in (root / "seals").iterdir():
+        path.unlink()
+    result = invoke(root, "verify", env=env)
+    assert result.code == 1
+    assert "seals: the signing key is at epoch 3: the seals of epochs 0 to 2 are missing" in (
+        result.lines
+    )

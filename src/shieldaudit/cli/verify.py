@@ -134,6 +134,9 @@ def _seal_view(
     """
     if not _root_exists(root):
         return seals.Fold(), {}
+    first = seals.load(root, keys, host.series).fold
+    if not first.count:
+        return first, {}  # nothing sealed yet: no head to compare with
     for _ in range(2):
         root_fd = layout.open_root(root, create=False)
         try:
