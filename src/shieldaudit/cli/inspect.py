@@ -24,6 +24,8 @@ from shieldaudit.cli.tail import tail_command
 from shieldaudit.cli.timeargs import parse_time, ts_bound
 from shieldaudit.cli.trails import COMPLETE, INCOMPLETE, Trails, stream_lines
 from shieldaudit.errors import ContainerNotFoundError, UsageError
+from shieldaudit.fleet.check import is_fleet
+from shieldaudit.fleet.cli import each_node
 from shieldaudit.store import chain
 from shieldaudit.store.reader import TrailDir
 from shieldaudit.watch.reconcile import WATCHED, Audit, audit_entries
@@ -119,6 +121,9 @@ def ls_command(ctx: click.Context, *, as_json: bool, no_trunc: bool, full_verify
     context = app(ctx)
     settings = context.settings()
     root = settings.root
+    if is_fleet(root):  # a central directory of collected node copies: each in turn
+        args = ["ls", *(["--json"] if as_json else []), *(["--no-trunc"] if no_trunc else [])]
+        ctx.exit(each_node(root, [*args, *(["--verify"] if full_verify else [])]))
     audit_at = (time.time_ns() // 1000, round(settings.unaudited_grace * 1_000_000))
     with Trails(root) as trails:
         summaries = [

@@ -14,6 +14,8 @@ from shieldaudit.cli.output import quiet
 from shieldaudit.cli.resolve import resolve_container
 from shieldaudit.cli.trails import Trails
 from shieldaudit.errors import EXIT_FAILURE, ConfigError, ContainerNotFoundError, ShieldAuditError
+from shieldaudit.fleet import check as fleet_check
+from shieldaudit.fleet.cli import conflict_reports, fleet_verify
 from shieldaudit.store import chain, fskey, layout, seals
 from shieldaudit.store.verify import Report, verify_container
 
@@ -32,10 +34,21 @@ if TYPE_CHECKING:
     default=None,
     help="The evolving key's verification key: check every epoch, not only the current one.",
 )
+@click.option(
+    "--against",
+    metavar="DIRECTORY",
+    default=None,
+    help="Another copy of this root (a node's central copy, or the node): say where they part.",
+)
 @click.pass_context
 @quiet
 def verify_command(  # noqa: C901, PLR0912 -- one pass over the trails, then the seals' verdict
-    ctx: click.Context, *, container: str | None, as_json: bool, verification_key: str | None
+    ctx: click.Context,
+    *,
+    container: str | None,
+    as_json: bool,
+    verification_key: str | None,
+    against: str | None,
 ) -> None:
     """Verify the hash chain of every trail (or of CONTAINER).
 
@@ -53,6 +66,11 @@ def verify_command(  # noqa: C901, PLR0912 -- one pass over the trails, then the
     """
     context = app(ctx)
     settings = context.settings()
+    if against is not None or fleet_check.is_fleet(settings.root):
+        extra = ["--verification-key", verification_key] if verification_key else []
+        ctx.exit(
+            fleet_verify(settings.root, against, container=container, as_json=as_json, extra=extra)
+        )
     host = context.keys()
     keys = _with_verification_key(host, verification_key) if verification_key else host
     root = settings.root
@@ -91,6 +109,7 @@ def verify_command(  # noqa: C901, PLR0912 -- one pass over the trails, then the
         for note in report.notes:
             click.echo(f"{container_id[:12]} note: {note}", err=True)
     failed = [r for r in reports if not r.ok]
+    failed += conflict_reports(root)
     unchecked = sum(r.unchecked for r in reports)
     if as_json:
         if fold.count or seal_lines:

@@ -1,0 +1,58 @@
+"""``shieldaudit collect``: the collector's end of the fleet pipeline (run by rsyslog's omprog)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from shieldaudit.errors import UsageError
+from shieldaudit.fleet.collect import Collector, Protocol
+
+
+@click.command("collect")
+@click.option(
+    "--central",
+    metavar="DIRECTORY",
+    required=True,
+    help="Where node copies are rebuilt, one directory per node.",
+)
+@click.option(
+    "--metrics-file",
+    metavar="FILE",
+    default=None,
+    help="Prometheus text file to keep current (for node_exporter's textfile collector).",
+)
+def collect_command(central: str, metrics_file: str | None) -> None:
+    """Rebuild shipped trails and seals under CENTRAL/<node>/, as the node has them.
+
+    Reads one message per line on stdin, as rsyslog's omprog sends them
+    (deploy/rsyslog/collector.conf), and answers each once it is durable. A
+    line already held is dropped; one that contradicts the held history is
+    kept under CENTRAL/<node>/conflicts/ and reported by verify.
+    """
+    if not central:
+        raise UsageError("--central is empty: give the directory for the node copies")
+    target = Path(central).absolute()
+    metrics = Path(metrics_file).absolute() if metrics_file else None
+    if metrics is not None and not metrics.parent.is_dir():
+        raise UsageError(f"--metrics-file: {metrics.parent} is not a directory")
+    collector = Collector(target)
+    out = sys.stdout.buffer
+
+    def reply(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    def log(message: str) -> None:
+        click.echo(f"shieldaudit collect: {message}", err=True)
+
+    protocol = Protocol(collector, reply, metrics_file=metrics, log=log)
+    try:
+        protocol.start()
+        for raw in sys.stdin.buffer:
+            protocol.handle(raw)
+    finally:
+        collector.close()
+        protocol.write_metrics(force=True)

@@ -1,0 +1,1 @@
+"""Fleet: trails shipped from many nodes, collected and checked centrally."""

@@ -1,0 +1,812 @@
+"""Rebuilding shipped trails and seals under ``<central>/<node>/``, byte for byte.
+
+The collector's rsyslog hands :class:`Collector` one message per line (see
+``deploy/rsyslog/collector.conf``)::
+
+    <node> {"file":"<path on the node>","offset":<byte offset>,"line":"<the line>"}
+
+``<node>`` is the sending node's host name, ``file`` the trail or seal file the
+line was read from (only its last components are used, after validation),
+``offset`` where the line started in that file and ``line`` the line itself.
+
+Placement is by ``seq`` (``seal`` for seal records): a line that continues the
+held chain (next ``seq``, ``prev`` equal to the held head's ``mac``) is appended;
+a line read at offset 0 starts a new segment, so the central copy seals its
+``audit.jsonl`` under the next number first, exactly as the node's writer did.
+A line already held (same ``seq`` and ``mac``) is a redelivery and is dropped.
+A line with a held ``seq`` but another ``mac``, or one that does not link to
+the held chain, means the node's history changed after it was shipped: it is a
+conflict, kept aside under ``<central>/<node>/conflicts/`` and never merged.
+A line that arrives ahead of a missing one (rsyslog may read the renamed
+segment and the new ``audit.jsonl`` in either order) waits, durably, in
+``<central>/<node>/state/collect/`` until the gap is filled.
+
+Nothing from the network becomes a path unless it passed validation: node
+names are host names, container IDs 64 lower-case hex characters, file names
+one of the trail or seal names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from shieldaudit.errors import StorageError
+from shieldaudit.store import chain, layout, tailscan
+from shieldaudit.store.reader import iter_lines
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+#: Present in a central directory that ``collect`` writes: the CLI then treats it as a fleet.
+FLEET_MARKER: Final = ".shieldaudit-fleet"
+CONFLICTS_DIR: Final = "conflicts"
+SEALS_DIR: Final = "seals"
+SEALS_FILE: Final = "seals.jsonl"
+SEALS_STREAM: Final = "seals"
+COLLECT_STATE: Final = "collect"
+PENDING_SUFFIX: Final = ".pending.jsonl"
+BEGIN: Final = b"BEGIN TRANSACTION"
+COMMIT: Final = b"COMMIT TRANSACTION"
+#: A line longer than this is refused (entries are at most 256 KiB).
+MAX_LINE_BYTES: Final = 1024 * 1024
+#: Lines waiting for an earlier one, per stream; past that the stream's newest are refused.
+MAX_PENDING: Final = 100_000
+#: Recent (seq -> mac) pairs remembered per stream to recognise redeliveries cheaply.
+RECENT: Final = 4096
+#: Streams (one container of one node, or a node's seals) kept open at once.
+MAX_OPEN: Final = 256
+_NODE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+_HEXMAC: Final = re.compile(r"[0-9a-f]{16,128}")
+
+
+class RefusedError(ValueError):
+    """A message that is not a well-formed shipped line; ``reason`` is its metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        """Keep the label and the message."""
+        super().__init__(message)
+        self.reason = reason
+
+
+def is_node_name(value: str) -> bool:
+    """Return whether ``value`` may name a node directory (a host name, never ``.``/``..``)."""
+    return _NODE.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Shipped:
+    """One validated shipped line."""
+
+    node: str
+    stream: str  # a container ID, or SEALS_STREAM
+    file: str  # audit.jsonl, audit-NNNNNN.jsonl or seals.jsonl
+    offset: int | None
+    seq: int
+    mac: str
+    prev: str
+    line: bytes  # without the newline
+
+
+def parse_message(message: bytes) -> Shipped:
+    """Validate one message from the collector's rsyslog (pure); raise RefusedError."""
+    node_b, sep, rest = message.partition(b" ")
+    if not sep:
+        raise RefusedError("envelope", "no node name before the message")
+    node = node_b.decode("ascii", "replace")
+    if not is_node_name(node):
+        raise RefusedError("node", f"bad node name {node[:80]!r}")
+    try:
+        envelope = json.loads(rest)
+    except (ValueError, RecursionError):
+        raise RefusedError("envelope", "the message is not a JSON object") from None
+    if not isinstance(envelope, dict):
+        raise RefusedError("envelope", "the message is not a JSON object")
+    path, line_text, offset = envelope.get("file"), envelope.get("line"), envelope.get("offset")
+    if not isinstance(path, str) or not isinstance(line_text, str):
+        raise RefusedError("envelope", "file or line missing")
+    if offset is not None and (not isinstance(offset, int) or isinstance(offset, bool)):
+        raise RefusedError("envelope", "offset is not an integer")
+    if offset is not None and offset < 0:
+        raise RefusedError("envelope", "offset is negative")
+    stream, name = _stream_of(path)
+    if "\n" in line_text:
+        raise RefusedError("entry", "the line holds a newline")
+    line = line_text.encode("utf-8", "surrogatepass")
+    if len(line) > MAX_LINE_BYTES:
+        raise RefusedError("entry", "the line is too long")
+    seq, mac, prev = _chain_fields(stream, line)
+    return Shipped(node, stream, name, offset, seq, mac, prev, line)
+
+
+def _stream_of(path: str) -> tuple[str, str]:
+    """Return ``(stream, file name)`` for a trail or seal file path; refuse anything else."""
+    parts = path.split("/")
+    if len(parts) >= 3 and parts[-2] == SEALS_DIR and parts[-1] == SEALS_FILE:
+        return SEALS_STREAM, SEALS_FILE
+    if len(parts) >= 4 and parts[-3] == layout.CONTAINERS_DIR:
+        container_id, name = parts[-2], parts[-1]
+        if layout.is_container_id(container_id) and (
+            name == layout.ACTIVE or layout.segment_number(name) is not None
+        ):
+            return container_id, name
+    raise RefusedError("file", f"not a trail or seal file: {path[:120]!r}")
+
+
+def _chain_fields(stream: str, line: bytes) -> tuple[int, str, str]:
+    try:
+        text = line.decode("ascii")
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise RefusedError("entry", "the line is not an ASCII JSON object") from None
+    if not isinstance(value, dict):
+        raise RefusedError("entry", "the line is not a JSON object")
+    key = "seal" if stream == SEALS_STREAM else "seq"
+    seq, mac, prev = value.get(key), value.get("mac"), value.get("prev")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise RefusedError("entry", f"missing or invalid {key}")
+    if stream != SEALS_STREAM and value.get("container_id") != stream:
+        raise RefusedError("entry", "container_id differs from the trail it was read from")
+    if not isinstance(mac, str) or _HEXMAC.fullmatch(mac) is None:
+        raise RefusedError("entry", "missing or invalid mac")
+    if not isinstance(prev, str) or _HEXMAC.fullmatch(prev) is None:
+        raise RefusedError("entry", "missing or invalid prev")
+    return seq, mac, prev
+
+
+@dataclass(slots=True)
+class Counts:
+    """What the collector did since it started (its metrics)."""
+
+    stored: int = 0
+    duplicates: int = 0
+    pending: int = 0
+    conflicts: int = 0
+    refused: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("envelope", "node", "file", "entry", "backlog"), 0)
+    )
+
+    def render(self) -> str:
+        """Return the counters in the Prometheus text format (pure)."""
+        lines = [
+            "# HELP shieldaudit_collect_entries_total Shipped lines by what collect did with them",
+            "# TYPE shieldaudit_collect_entries_total counter",
+        ]
+        for outcome, value in (
+            ("stored", self.stored),
+            ("duplicate", self.duplicates),
+            ("pending", self.pending),
+        ):
+            lines.append(f'shieldaudit_collect_entries_total{{outcome="{outcome}"}} {value}')
+        lines += [
+            (
+                "# HELP shieldaudit_collect_conflicts_total Shipped lines that contradict "
+                "the held history (kept under conflicts/)"
+            ),
+            "# TYPE shieldaudit_collect_conflicts_total counter",
+            f"shieldaudit_collect_conflicts_total {self.conflicts}",
+            "# HELP shieldaudit_collect_refused_total Messages refused as malformed or hostile",
+            "# TYPE shieldaudit_collect_refused_total counter",
+        ]
+        lines += [
+            f'shieldaudit_collect_refused_total{{reason="{reason}"}} {value}'
+            for reason, value in self.refused.items()
+        ]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(slots=True)
+class _Stream:
+    """One container's trail (or a node's seals) in the central copy, open for appending."""
+
+    node: str
+    stream: str
+    dir_fd: int
+    shown: Path
+    active_fd: int = -1
+    active_size: int = 0
+    head_seq: int = 0
+    head_mac: str = chain.GENESIS
+    next_number: int = 1
+    recent: OrderedDict[int, str] = field(default_factory=OrderedDict)
+    pending: dict[int, Shipped] = field(default_factory=dict)
+    forks: set[str] = field(default_factory=set)
+    buffer: list[bytes] = field(default_factory=list)
+    dirty: bool = False
+
+    @property
+    def segmented(self) -> bool:
+        return self.stream != SEALS_STREAM
+
+    @property
+    def active_name(self) -> str:
+        return layout.ACTIVE if self.segmented else SEALS_FILE
+
+    def remember(self, seq: int, mac: str) -> None:
+        self.recent[seq] = mac
+        self.recent.move_to_end(seq)
+        while len(self.recent) > RECENT:
+            self.recent.popitem(last=False)
+
+
+class Collector:
+    """Apply shipped lines to the central directory; flush makes them durable."""
+
+    def __init__(self, central: Path, *, fsync: bool = True) -> None:
+        """Open (creating, 0700) the central directory and take its lock."""
+        self.central = central
+        self.fsync = fsync
+        self.counts = Counts()
+        self._root_fd = layout.open_root(central, create=True)
+        self._lock_fd = self._take_lock()
+        self._nodes: dict[str, int] = {}
+        self._streams: OrderedDict[tuple[str, str], _Stream] = OrderedDict()
+        self._dirty_fds: set[int] = set()
+        self._conflict_fds: dict[str, int] = {}
+
+    def _take_lock(self) -> int:
+        fd = layout.open_regular(
+            self._root_fd, FLEET_MARKER, os.O_RDWR | os.O_CREAT, self.central / FLEET_MARKER
+        )
+        try:
+            layout.flock_bounded(fd, "fleet", timeout=30.0)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def reset(self) -> None:
+        """Forget what is open after a failure; the next line reloads from disk."""
+        for stream in self._streams.values():
+            stream.buffer.clear()
+            for fd in (stream.active_fd, stream.dir_fd):
+                if fd >= 0:
+                    os.close(fd)
+        self._streams.clear()
+        self._dirty_fds.clear()
+
+    def close(self) -> None:
+        """Flush and close everything."""
+        self.flush()
+        for key in list(self._streams):
+            self._evict(key)
+        for fd in (*self._conflict_fds.values(), *self._nodes.values()):
+            os.close(fd)
+        self._conflict_fds.clear()
+        self._nodes.clear()
+        for fd in (self._lock_fd, self._root_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._lock_fd = self._root_fd = -1
+
+    # -- applying -------------------------------------------------------------
+
+    def apply(self, shipped: Shipped) -> str:
+        """Apply one line (durable at the next flush); return what became of it."""
+        stream = self._stream(shipped.node, shipped.stream)
+        outcome = self._apply(stream, shipped)
+        if outcome == "stored":
+            self._drain(stream)
+        return outcome
+
+    def _apply(self, stream: _Stream, item: Shipped) -> str:  # noqa: PLR0911 -- one per outcome
+        if item.seq <= stream.head_seq:
+            held = self._held_mac(stream, item.seq)
+            if held == item.mac:
+                self.counts.duplicates += 1
+                return "duplicate"
+            self._conflict(stream, item, held, "another entry with this seq was shipped before")
+            return "conflict"
+        if item.prev in stream.forks:
+            self._conflict(stream, item, None, "continues a conflicting history")
+            return "conflict"
+        if item.seq > stream.head_seq + 1:
+            if item.seq in stream.pending:
+                if stream.pending[item.seq].mac == item.mac:
+                    self.counts.duplicates += 1
+                    return "duplicate"
+                self._conflict(
+                    stream, item, stream.pending[item.seq].mac, "two entries for one seq"
+                )
+                return "conflict"
+            if len(stream.pending) >= MAX_PENDING:
+                self.counts.refused["backlog"] += 1
+                return "refused"
+            stream.pending[item.seq] = item
+            self._write_pending(stream, item)
+            self.counts.pending += 1
+            return "pending"
+        if item.prev != stream.head_mac:
+            self._conflict(stream, item, None, "does not link to the held entry before it")
+            return "conflict"
+        self._place(stream, item)
+        self.counts.stored += 1
+        return "stored"
+
+    def _place(self, stream: _Stream, item: Shipped) -> None:
+        number = layout.segment_number(item.file)
+        if stream.segmented:
+            if item.offset == 0 and stream.active_size > 0:
+                self._rotate(stream)
+            if number is not None and number > stream.next_number and stream.active_size == 0:
+                stream.next_number = number  # history shipped from a later segment on
+        if stream.active_fd < 0:
+            self._open_active(stream)
+        data = item.line + b"\n"
+        stream.buffer.append(data)
+        stream.active_size += len(data)
+        stream.head_seq, stream.head_mac = item.seq, item.mac
+        stream.remember(item.seq, item.mac)
+        stream.dirty = True
+
+    def _drain(self, stream: _Stream) -> None:
+        if not stream.pending:
+            return
+        while stream.head_seq + 1 in stream.pending:
+            item = stream.pending.pop(stream.head_seq + 1)
+            self.counts.pending -= 1
+            self._apply(stream, item)
+        # Waiting lines that continue a fork are conflicts too.
+        for seq in sorted(stream.pending):
+            item = stream.pending[seq]
+            if item.prev in stream.forks:
+                del stream.pending[seq]
+                self.counts.pending -= 1
+                self._conflict(stream, item, None, "continues a conflicting history")
+        self._rewrite_pending(stream)
+
+    # -- files ------------------------------------------------------------------
+
+    def _node_fd(self, node: str) -> int:
+        fd = self._nodes.get(node)
+        if fd is None:
+            fd = layout.open_subdir(self._root_fd, node, self.central / node, create=True)
+            self._nodes[node] = fd
+        return fd
+
+    def _stream(self, node: str, name: str) -> _Stream:
+        key = (node, name)
+        stream = self._streams.get(key)
+        if stream is not None:
+            self._streams.move_to_end(key)
+            return stream
+        node_fd = self._node_fd(node)
+        if name == SEALS_STREAM:
+            shown = self.central / node / SEALS_DIR
+            dir_fd = layout.open_subdir(node_fd, SEALS_DIR, shown, create=True)
+        else:
+            cshown = self.central / node / layout.CONTAINERS_DIR
+            cfd = layout.open_subdir(node_fd, layout.CONTAINERS_DIR, cshown, create=True)
+            try:
+                shown = cshown / name
+                dir_fd = layout.open_subdir(cfd, name, shown, create=True)
+            finally:
+                os.close(cfd)
+        stream = _Stream(node, name, dir_fd, shown)
+        self._load(stream)
+        self._streams[key] = stream
+        while len(self._streams) > MAX_OPEN:
+            self._evict(next(iter(self._streams)))
+        return stream
+
+    def _load(self, stream: _Stream) -> None:
+        """Find the held head, the active segment's size and the next segment number."""
+        numbers = layout.list_segment_numbers(stream.dir_fd) if stream.segmented else []
+        stream.next_number = (numbers[-1] + 1) if numbers else 1
+        try:
+            fd = layout.open_regular(
+                stream.dir_fd,
+                stream.active_name,
+                os.O_RDWR | os.O_APPEND,
+                stream.shown / stream.active_name,
+                single_link=True,
+            )
+        except FileNotFoundError:
+            fd = -1
+        size = 0
+        if fd >= 0:
+            size = os.fstat(fd).st_size
+            end = tailscan.complete_end(fd, size)
+            if end != size:  # never left by collect: one write per batch of whole lines
+                os.ftruncate(fd, end)
+                size = end
+            stream.active_fd = fd
+        stream.active_size = size
+        if stream.segmented:
+            stream.head_seq, stream.head_mac = tailscan.find_head(
+                stream.dir_fd, fd, size, stream.shown
+            )
+        elif size:
+            head = _seal_head(fd, size)
+            if head is not None:
+                stream.head_seq, stream.head_mac = head
+        for item in self._read_pending(stream):
+            if item.seq > stream.head_seq:
+                stream.pending[item.seq] = item
+        self.counts.pending += len(stream.pending)
+
+    def _open_active(self, stream: _Stream) -> None:
+        name = stream.active_name
+        stream.active_fd = layout.open_regular(
+            stream.dir_fd,
+            name,
+            os.O_RDWR | os.O_APPEND | os.O_CREAT,
+            stream.shown / name,
+            single_link=True,
+        )
+        stream.active_size = os.fstat(stream.active_fd).st_size
+        self._dirty_fds.add(stream.dir_fd)
+
+    def _write_out(self, stream: _Stream) -> None:
+        if not stream.buffer:
+            return
+        data = b"".join(stream.buffer)
+        stream.buffer.clear()
+        _write_all(stream.active_fd, data, stream.shown / stream.active_name)
+
+    def _rotate(self, stream: _Stream) -> None:
+        self._write_out(stream)
+        if self.fsync:
+            os.fsync(stream.active_fd)
+        name = layout.segment_name(stream.next_number)
+        try:
+            os.stat(name, dir_fd=stream.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+        else:
+            raise StorageError(f"{stream.shown / name} already exists: cannot seal the copy")
+        os.rename(layout.ACTIVE, name, src_dir_fd=stream.dir_fd, dst_dir_fd=stream.dir_fd)
+        os.close(stream.active_fd)
+        stream.active_fd = -1
+        stream.active_size = 0
+        stream.next_number += 1
+        self._dirty_fds.add(stream.dir_fd)
+
+    def _evict(self, key: tuple[str, str]) -> None:
+        stream = self._streams.pop(key)
+        self._flush_stream(stream)
+        if self.fsync:
+            for fd in (stream.dir_fd,):
+                if fd in self._dirty_fds:
+                    os.fsync(fd)
+                    self._dirty_fds.discard(fd)
+        for fd in (stream.active_fd, stream.dir_fd):
+            if fd >= 0:
+                os.close(fd)
+
+    def _flush_stream(self, stream: _Stream) -> None:
+        if stream.dirty:
+            self._write_out(stream)
+            if self.fsync:
+                os.fdatasync(stream.active_fd)
+            stream.dirty = False
+
+    def flush(self) -> None:
+        """Make everything applied so far durable (the point where lines are acknowledged)."""
+        for stream in self._streams.values():
+            self._flush_stream(stream)
+        if self.fsync:
+            for fd in self._conflict_fds.values():
+                os.fdatasync(fd)
+            for fd in self._dirty_fds:
+                os.fsync(fd)
+        self._dirty_fds.clear()
+
+    # -- conflicts and waiting lines ---------------------------------------------
+
+    def _conflict(self, stream: _Stream, item: Shipped, held: str | None, why: str) -> None:
+        stream.forks.add(item.mac)
+        self.counts.conflicts += 1
+        fd = self._conflict_fds.get(item.node)
+        if fd is None:
+            node_fd = self._node_fd(item.node)
+            shown = self.central / item.node / CONFLICTS_DIR
+            dfd = layout.open_subdir(node_fd, CONFLICTS_DIR, shown, create=True)
+            try:
+                fd = layout.open_regular(
+                    dfd,
+                    "conflicts.jsonl",
+                    os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                    shown / "conflicts.jsonl",
+                    single_link=True,
+                )
+            finally:
+                os.close(dfd)
+            self._conflict_fds[item.node] = fd
+            self._dirty_fds.add(node_fd)
+        record = {
+            "stream": item.stream,
+            "seq": item.seq,
+            "mac": item.mac,
+            "held_mac": held,
+            "reason": why,
+            "file": item.file,
+            "offset": item.offset,
+            "received": time.time(),
+            "line": item.line.decode("ascii"),
+        }
+        _write_all(
+            fd,
+            (json.dumps(record, separators=(",", ":")) + "\n").encode(),
+            shown_conf(self.central, item.node),
+        )
+
+    def _pending_dir(self, node: str, *, create: bool) -> int | None:
+        node_fd = self._node_fd(node)
+        try:
+            state_fd = layout.open_subdir(
+                node_fd, layout.STATE_DIR, self.central / node / layout.STATE_DIR, create=create
+            )
+        except FileNotFoundError:
+            return None
+        try:
+            return layout.open_subdir(
+                state_fd,
+                COLLECT_STATE,
+                self.central / node / layout.STATE_DIR / COLLECT_STATE,
+                create=create,
+            )
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(state_fd)
+
+    def _write_pending(self, stream: _Stream, item: Shipped) -> None:
+        dfd = self._pending_dir(stream.node, create=True)
+        assert dfd is not None  # noqa: S101 -- created above
+        try:
+            name = stream.stream + PENDING_SUFFIX
+            fd = layout.open_regular(
+                dfd,
+                name,
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                self.central / stream.node / name,
+            )
+            try:
+                record = {"file": item.file, "offset": item.offset, "line": item.line.decode()}
+                _write_all(fd, (json.dumps(record) + "\n").encode(), self.central / name)
+                if self.fsync:
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            if self.fsync:
+                os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def _rewrite_pending(self, stream: _Stream) -> None:
+        """Keep the waiting-lines file equal to what still waits (removed when nothing does)."""
+        dfd = self._pending_dir(stream.node, create=False)
+        if dfd is None:
+            return
+        try:
+            name = stream.stream + PENDING_SUFFIX
+            if not stream.pending:
+                # The drained lines are in the trail buffer: make them durable first.
+                self._flush_stream(stream)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=dfd)
+                return
+            self._flush_stream(stream)
+            tmp = name + ".tmp"
+            fd = layout.open_regular(
+                dfd, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.central / tmp
+            )
+            try:
+                data = b"".join(
+                    (
+                        json.dumps({"file": i.file, "offset": i.offset, "line": i.line.decode()})
+                        + "\n"
+                    ).encode()
+                    for _, i in sorted(stream.pending.items())
+                )
+                _write_all(fd, data, self.central / tmp)
+                if self.fsync:
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        finally:
+            os.close(dfd)
+
+    def _read_pending(self, stream: _Stream) -> Iterator[Shipped]:
+        dfd = self._pending_dir(stream.node, create=False)
+        if dfd is None:
+            return
+        try:
+            name = stream.stream + PENDING_SUFFIX
+            try:
+                fd = layout.open_regular(dfd, name, os.O_RDONLY, self.central / name)
+            except FileNotFoundError:
+                return
+            try:
+                for raw in iter_lines(fd):
+                    if not raw.complete or raw.oversized:
+                        continue
+                    path = (
+                        f"{SEALS_DIR}/{SEALS_FILE}"
+                        if stream.stream == SEALS_STREAM
+                        else f"{layout.CONTAINERS_DIR}/{stream.stream}/"
+                    )
+                    try:
+                        record = json.loads(raw.data)
+                        if stream.stream != SEALS_STREAM:
+                            path += str(record["file"])
+                        message = json.dumps(
+                            {"file": path, "offset": record["offset"], "line": record["line"]}
+                        )
+                        yield parse_message(f"{stream.node} {message}".encode())
+                    except (ValueError, KeyError, TypeError):
+                        continue
+            finally:
+                os.close(fd)
+        finally:
+            os.close(dfd)
+
+    def _held_mac(self, stream: _Stream, seq: int) -> str | None:
+        mac = stream.recent.get(seq)
+        if mac is not None:
+            return mac
+        self._flush_stream(stream)
+        names = (
+            [layout.segment_name(n) for n in layout.list_segment_numbers(stream.dir_fd)]
+            + [layout.ACTIVE]
+            if stream.segmented
+            else [SEALS_FILE]
+        )
+        key = "seq" if stream.segmented else "seal"
+        found: str | None = None
+        loaded = 0
+        for name in names:
+            try:
+                fd = layout.open_regular(stream.dir_fd, name, os.O_RDONLY, stream.shown / name)
+            except FileNotFoundError:
+                continue
+            try:
+                for raw in iter_lines(fd):
+                    try:
+                        value = json.loads(raw.data)
+                        this, this_mac = value[key], value["mac"]
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    if not isinstance(this, int) or this < seq:
+                        continue
+                    # Later redeliveries (a file read again from its start) ask for the next ones.
+                    stream.remember(this, str(this_mac))
+                    if this == seq:
+                        found = str(this_mac)
+                    loaded += 1
+                    if loaded >= RECENT // 2:
+                        return found
+            finally:
+                os.close(fd)
+        return found
+
+
+def shown_conf(central: Path, node: str) -> Path:
+    """Return the conflicts file of a node's central copy."""
+    return central / node / CONFLICTS_DIR / "conflicts.jsonl"
+
+
+def _seal_head(fd: int, size: int) -> tuple[int, str] | None:
+    end = tailscan.complete_end(fd, size)
+    for data in tailscan.reverse_lines(fd, end):
+        try:
+            value = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and isinstance(value.get("seal"), int):
+            return int(value["seal"]), str(value.get("mac"))
+    return None
+
+
+def _write_all(fd: int, data: bytes, shown: Path) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as exc:
+        raise StorageError(f"cannot write {shown}: {exc.strerror or exc}") from None
+
+
+class Protocol:
+    """omprog's side of the conversation: one reply line per input line.
+
+    ``OK`` once ready; per message ``OK`` once it is durable (or ``DEFER_COMMIT``
+    inside a transaction, made durable at ``COMMIT TRANSACTION``, answered
+    ``OK``). A refused message is acknowledged too (resending cannot mend it)
+    and counted; a storage failure is answered with an ``Error:`` line, so
+    rsyslog keeps the message and sends it again later.
+    """
+
+    def __init__(
+        self,
+        collector: Collector,
+        reply: Callable[[bytes], None],
+        *,
+        metrics_file: Path | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        """Answer through ``reply``; write counters to ``metrics_file`` at most once a second."""
+        self.collector = collector
+        self.reply = reply
+        self.metrics_file = metrics_file
+        self.log = log
+        self.in_transaction = False
+        self._metrics_at = 0.0
+        self._failed = False
+
+    def start(self) -> None:
+        """Say ready."""
+        self.write_metrics(force=True)
+        self.reply(b"OK\n")
+
+    def handle(self, raw: bytes) -> None:
+        """Answer one input line."""
+        line = raw.rstrip(b"\r\n")
+        if line == BEGIN:
+            self.in_transaction = True
+            self._failed = False
+            self.reply(b"OK\n")
+            return
+        if line == COMMIT:
+            self.in_transaction = False
+            self.reply(self._commit())
+            return
+        try:
+            shipped = parse_message(line)
+        except RefusedError as exc:
+            self.collector.counts.refused[exc.reason] += 1
+            if self.log is not None:
+                self.log(f"refused: {exc}")
+            self.reply(b"DEFER_COMMIT\n" if self.in_transaction else b"OK\n")
+            return
+        try:
+            self.collector.apply(shipped)
+            if not self.in_transaction:
+                self.collector.flush()
+        except (StorageError, OSError) as exc:
+            self._failed = True
+            self.collector.reset()
+            message = getattr(exc, "message", None) or str(exc)
+            if self.log is not None:
+                self.log(f"cannot store: {message}")
+            self.reply(f"Error: {message}\n".encode())
+            return
+        self.reply(b"DEFER_COMMIT\n" if self.in_transaction else b"OK\n")
+        if not self.in_transaction:
+            self.write_metrics()
+
+    def _commit(self) -> bytes:
+        if self._failed:
+            return b"Error: a line of this transaction could not be stored\n"
+        try:
+            self.collector.flush()
+        except (StorageError, OSError) as exc:
+            self.collector.reset()
+            return f"Error: {getattr(exc, 'message', None) or exc}\n".encode()
+        self.write_metrics()
+        return b"OK\n"
+
+    def write_metrics(self, *, force: bool = False) -> None:
+        """Replace the metrics text file (atomically), at most once a second unless forced."""
+        if self.metrics_file is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._metrics_at < 1.0:
+            return
+        self._metrics_at = now
+        tmp = self.metrics_file.with_name(f".{self.metrics_file.name}.{os.getpid()}")
+        try:
+            tmp.write_text(self.collector.counts.render(), encoding="ascii")
+            tmp.replace(self.metrics_file)
+        except OSError as exc:
+            if self.log is not None:
+                self.log(f"cannot write {self.metrics_file}: {exc.strerror or exc}")

@@ -1,0 +1,156 @@
+"""Real rsyslogd instances (Debian's rsyslog and rsyslog-relp) for the fleet tests and bench.
+
+Each instance gets its own configuration (the shipped ``deploy/rsyslog`` file
+with the paths, the port and the host name of the test put in), its own work
+directory and pid file, runs in the foreground (``-n``) and is killed by the
+caller. Everything listens and connects on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy" / "rsyslog"
+RSYSLOGD = "/usr/sbin/rsyslogd"
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def node_config(root: Path, work: Path, host: str, port: int) -> str:
+    """Return the shipped node configuration for a test node."""
+    text = (DEPLOY / "node.conf").read_text(encoding="utf-8")
+    text = _sub(text, "/var/lib/shieldaudit/", f"{root}/")
+    text = _sub(text, 'workDirectory="/var/spool/rsyslog"', f'workDirectory="{work}"')
+    text = _sub(
+        text, 'target="collector.example.org" port="2514"', f'target="127.0.0.1" port="{port}"'
+    )
+    text = _sub(text, "global(\n", f'global(\n    localHostname="{host}"\n')
+    return text + "\n" + _nothing_else()
+
+
+def collector_config(
+    central: Path, work: Path, port: int, program: str, metrics: Path | None = None
+) -> str:
+    """Return the shipped collector configuration, running ``program`` as collect."""
+    text = (DEPLOY / "collector.conf").read_text(encoding="utf-8")
+    text = _sub(text, 'workDirectory="/var/spool/rsyslog"', f'workDirectory="{work}"')
+    old = (
+        'binary="/usr/local/bin/shieldaudit collect --central /var/lib/shieldaudit-fleet '
+        '--metrics-file /var/lib/prometheus/node-exporter/shieldaudit-collect.prom"'
+    )
+    new = f'binary="{program} collect --central {central}'
+    new += f' --metrics-file {metrics}"' if metrics is not None else '"'
+    text = _sub(text, old, new)
+    text = _sub(
+        text,
+        'input(type="imrelp" port="2514"',
+        f'input(type="imrelp" address="127.0.0.1" port="{port}"',
+    )
+    return text + "\n" + _nothing_else()
+
+
+def _nothing_else() -> str:
+    # rsyslogd reports its own messages through the default ruleset: keep them in the work dir.
+    return ""
+
+
+def _sub(text: str, old: str, new: str) -> str:
+    assert old in text, f"deploy/rsyslog no longer holds {old!r}"
+    return text.replace(old, new)
+
+
+@dataclass
+class Rsyslogd:
+    """One rsyslogd in the foreground with its own config, work dir and pid file."""
+
+    name: str
+    base: Path
+    config: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def work(self) -> Path:
+        """Return the instance's work directory."""
+        return self.base / "work"
+
+    def start(self) -> None:
+        """Write the config and start rsyslogd in the foreground, in its own session."""
+        self.work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conf = self.base / "rsyslog.conf"
+        conf.write_text(self.config, encoding="utf-8")
+        log = (self.base / "rsyslogd.log").open("ab")
+        self.proc = subprocess.Popen(
+            [RSYSLOGD, "-n", "-f", str(conf), "-i", str(self.base / "rsyslogd.pid")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> None:
+        """Signal rsyslogd and wait for it; kill its whole group if it does not end in time."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def kill_group(self) -> None:
+        """Kill the instance and what it started (collect), for cleanup."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+
+    def log(self) -> str:
+        """Return what rsyslogd printed."""
+        path = self.base / "rsyslogd.log"
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    """Poll ``check`` until it holds; fail saying ``what`` did not happen in ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def validate(config: str, base: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``rsyslogd -N1`` on a configuration; return the finished process."""
+    base.mkdir(parents=True, exist_ok=True)
+    conf = base / "validate.conf"
+    conf.write_text(config, encoding="utf-8")
+    return subprocess.run(
+        [RSYSLOGD, "-N1", "-f", str(conf)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
