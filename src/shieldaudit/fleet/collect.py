@@ -741,6 +741,7 @@ class Protocol:
         self.log = log
         self.in_transaction = False
         self._metrics_at = 0.0
+        self._alarms = (0, 0)
         self._failed = False
 
     def start(self) -> None:
@@ -767,6 +768,8 @@ class Protocol:
             if self.log is not None:
                 self.log(f"refused: {exc}")
             self.reply(b"DEFER_COMMIT\n" if self.in_transaction else b"OK\n")
+            if not self.in_transaction:
+                self.write_metrics()
             return
         try:
             self.collector.apply(shipped)
@@ -800,9 +803,12 @@ class Protocol:
         if self.metrics_file is None:
             return
         now = time.monotonic()
-        if not force and now - self._metrics_at < 1.0:
+        # What alerts watch (conflicts, refusals) is written at once, the rest once a second.
+        alarms = (self.collector.counts.conflicts, sum(self.collector.counts.refused.values()))
+        if not force and alarms == self._alarms and now - self._metrics_at < 1.0:
             return
         self._metrics_at = now
+        self._alarms = alarms
         tmp = self.metrics_file.with_name(f".{self.metrics_file.name}.{os.getpid()}")
         try:
             tmp.write_text(self.collector.counts.render(), encoding="ascii")
