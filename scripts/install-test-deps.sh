@@ -24,6 +24,8 @@ DEFAULT_PACKAGES=(
     prometheus      # promtool and a Prometheus server (the test starts its own)
     systemd         # systemd-analyze
     debootstrap
+    rsyslog         # rsyslogd for the fleet tests (each test starts its own instances)
+    rsyslog-relp    # omrelp/imrelp
 )
 
 # Installed along with podman: the pause process of a pod's infra container
@@ -31,7 +33,7 @@ DEFAULT_PACKAGES=(
 WITH_PODMAN=(catatonit)
 
 # Installed for their programs only: their services stay disabled and stopped.
-SERVICES_OFF=(prometheus)
+SERVICES_OFF=(prometheus rsyslog)
 
 if [[ $# -gt 0 ]]; then
     packages=("$@")

@@ -22,8 +22,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from shieldaudit import hooksd
-from shieldaudit.settings import StoreSettings
 from rsyslog_harness import (
     DEPLOY,
     Rsyslogd,
@@ -33,6 +31,8 @@ from rsyslog_harness import (
     validate,
     wait_for,
 )
+from shieldaudit import hooksd
+from shieldaudit.settings import StoreSettings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -48,27 +48,23 @@ class Node:
     """A simulated node: a root, its rsyslogd, and the hook writing into it."""
 
     def __init__(self, base: Path, name: str, port: int) -> None:
+        """Make the root and the rsyslogd config; start nothing."""
         self.name = name
         self.root = base / f"{name}-root"
         self.root.mkdir(mode=0o700)
-        self.rsyslog = Rsyslogd(name, base / f"{name}-rsyslog", node_config(
-            self.root, base / f"{name}-rsyslog" / "work", name, port
-        ))
+        self.rsyslog = Rsyslogd(
+            name,
+            base / f"{name}-rsyslog",
+            node_config(self.root, base / f"{name}-rsyslog" / "work", name, port),
+        )
         settings = StoreSettings(self.root, max_segment_bytes=SEGMENT_BYTES, fsync="always")
-        self.env = {
-            k: v
-            for k, v in (
-                item.split("=", 1)
-                for item in hooksd.build_hook("poststart", NATIVE, hooksd.settings_env(settings))[
-                    "hook"
-                ]["env"]
-            )
-        }
+        hook = hooksd.build_hook("poststart", NATIVE, hooksd.settings_env(settings))["hook"]
+        self.env = dict(item.split("=", 1) for item in hook["env"])
 
     def hook(self, container_id: str, stage: str) -> None:
         """Run the hook as the runtime does: OCI state on stdin, the hooks.d env."""
         state = {"ociVersion": "1.0.2", "id": container_id, "status": "running", "pid": 4242}
-        result = subprocess.run(  # noqa: S603
+        result = subprocess.run(
             [NATIVE, stage],
             input=json.dumps(state).encode(),
             env=self.env,
@@ -104,8 +100,11 @@ def segment_names(cdir: Path) -> list[str]:
 
 
 def same_layout(node_root: Path, copy_root: Path) -> None:
-    """The copy's files are the node's byte for byte; the copy's audit.jsonl may still hold
-    the node's last sealed segment (its rotation shows when the next entry arrives)."""
+    """Check the copy's files are the node's byte for byte.
+
+    The copy's audit.jsonl may still hold the node's last sealed segment: its
+    rotation shows when the next entry arrives.
+    """
     for cdir in sorted((node_root / "containers").iterdir()):
         copy = copy_root / "containers" / cdir.name
         node_names = segment_names(cdir)
@@ -119,7 +118,7 @@ def same_layout(node_root: Path, copy_root: Path) -> None:
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603
+    return subprocess.run(
         [SHIELDAUDIT, *map(str, args)], capture_output=True, text=True, timeout=120, check=False
     )
 
@@ -159,10 +158,10 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Rsyslogd, Path, list[Node], int]]:
 
 
 def test_shipped_configs_validate(tmp_path):
-    """rsyslogd -N1 accepts both shipped files as they are and as the tests fill them in."""
+    """Rsyslogd -N1 accepts both shipped files as they are and as the tests fill them in."""
     for name in ("node.conf", "collector.conf"):
-        text = (DEPLOY / name).read_text(encoding="utf-8").replace(
-            "/var/spool/rsyslog", str(tmp_path)
+        text = (
+            (DEPLOY / name).read_text(encoding="utf-8").replace("/var/spool/rsyslog", str(tmp_path))
         )
         result = validate(text, tmp_path / name)
         assert result.returncode == 0, result.stderr
@@ -176,15 +175,17 @@ def test_shipped_configs_validate(tmp_path):
 
 
 def test_three_nodes_every_entry_once_through_kills_and_restarts(fleet):
-    """Every entry of three nodes arrives once, in the node layout, and verifies, although
-    collect and the collector's rsyslogd are killed (SIGKILL) and a node's rsyslogd restarts."""
+    """Every entry of three nodes arrives once, in the node layout, and verifies.
+
+    Meanwhile collect and the collector's rsyslogd are killed (SIGKILL) and a
+    node's rsyslogd restarts.
+    """
     collector, central, nodes, _ = fleet
     ids = {n.name: [f"{n.name}-{i}".encode().hex().ljust(64, "0") for i in (1, 2)] for n in nodes}
 
     def phase(count: int) -> list[threading.Thread]:
         threads = [
-            threading.Thread(target=n.write, args=(ids[n.name], count), daemon=True)
-            for n in nodes
+            threading.Thread(target=n.write, args=(ids[n.name], count), daemon=True) for n in nodes
         ]
         for t in threads:
             t.start()
@@ -235,7 +236,9 @@ def test_three_nodes_every_entry_once_through_kills_and_restarts(fleet):
     fleet_verify = cli("--root", central, "verify")
     assert fleet_verify.returncode == 0, fleet_verify.stdout + fleet_verify.stderr
     assert [line for line in fleet_verify.stdout.splitlines() if line.startswith("== ")] == [
-        "== node-a", "== node-b", "== node-c"
+        "== node-a",
+        "== node-b",
+        "== node-c",
     ]
     listing = cli("--root", central, "ls")
     assert listing.returncode == 0, listing.stderr
@@ -245,9 +248,12 @@ def test_three_nodes_every_entry_once_through_kills_and_restarts(fleet):
 
 
 def test_trail_rewritten_after_shipping_is_a_conflict(fleet):
-    """A node's trail cut back and written again after it was shipped: the central copy keeps
-    the shipped history, verify there reports the conflict (short ID, seq), the metric counts it,
-    and verify --against on the node says where the histories part."""
+    """A node's trail cut back and written again after shipping is a conflict, seen centrally.
+
+    The central copy keeps the shipped history, verify there reports the
+    conflict (short ID, seq), the metric counts it, and verify --against on
+    the node says where the histories part.
+    """
     collector, central, nodes, _ = fleet
     node = nodes[0]
     cid = "c0ffee" + "0" * 57 + "1"
@@ -269,8 +275,10 @@ def test_trail_rewritten_after_shipping_is_a_conflict(fleet):
     assert f"{cid[:12]} seq " in result.stdout
     assert "CONFLICT" in result.stdout
     wait_for(
-        lambda: "shieldaudit_collect_conflicts_total 0"
-        not in (collector.base.parent / "collect.prom").read_text(),
+        lambda: (
+            "shieldaudit_collect_conflicts_total 0"
+            not in (collector.base.parent / "collect.prom").read_text()
+        ),
         DEADLINE,
         "the conflict metric",
     )
