@@ -29,6 +29,7 @@ one of the trail or seal names.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -63,6 +64,8 @@ MAX_PENDING: Final = 100_000
 RECENT: Final = 4096
 #: Streams (one container of one node, or a node's seals) kept open at once.
 MAX_OPEN: Final = 256
+#: Touched files from which one syncfs replaces a sync per file.
+SYNCFS_FROM: Final = 8
 _NODE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _HEXMAC: Final = re.compile(r"[0-9a-f]{16,128}")
 
@@ -489,10 +492,27 @@ class Collector:
             stream.dirty = False
 
     def flush(self) -> None:
-        """Make everything applied so far durable (the point where lines are acknowledged)."""
-        for stream in self._streams.values():
-            self._flush_stream(stream)
-        if self.fsync:
+        """Make everything applied so far durable (the point where lines are acknowledged).
+
+        A few files are synced one by one; past :data:`SYNCFS_FROM` touched
+        files, one ``syncfs`` of the central directory's filesystem costs less
+        than a sync per file (a batch from a busy fleet touches hundreds).
+        """
+        dirty = [s for s in self._streams.values() if s.dirty]
+        if not self.fsync:
+            for stream in dirty:
+                self._write_out(stream)
+                stream.dirty = False
+            self._dirty_fds.clear()
+            return
+        if len(dirty) + len(self._dirty_fds) >= SYNCFS_FROM and _syncfs is not None:
+            for stream in dirty:
+                self._write_out(stream)
+                stream.dirty = False
+            _syncfs(self._root_fd)
+        else:
+            for stream in dirty:
+                self._flush_stream(stream)
             for fd in self._conflict_fds.values():
                 os.fdatasync(fd)
             for fd in self._dirty_fds:
@@ -705,6 +725,27 @@ def _seal_head(fd: int, size: int) -> tuple[int, str] | None:
         if isinstance(value, dict) and isinstance(value.get("seal"), int):
             return int(value["seal"]), str(value.get("mac"))
     return None
+
+
+def _load_syncfs() -> Callable[[int], None] | None:
+    """Return ``syncfs(2)`` (Linux), raising OSError on failure; None where libc lacks it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+
+    def syncfs(fd: int) -> None:
+        if function(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return syncfs
+
+
+_syncfs = _load_syncfs()
 
 
 def _write_all(fd: int, data: bytes, shown: Path) -> None:
