@@ -67,9 +67,10 @@ def verify_command(  # noqa: C901, PLR0912 -- one pass over the trails, then the
     context = app(ctx)
     settings = context.settings()
     if against is not None or fleet_check.is_fleet(settings.root):
-        extra = ["--verification-key", verification_key] if verification_key else []
         ctx.exit(
-            fleet_verify(settings.root, against, container=container, as_json=as_json, extra=extra)
+            fleet_verify(
+                settings.root, against, container=container, as_json=as_json, key=verification_key
+            )
         )
     host = context.keys()
     keys = _with_verification_key(host, verification_key) if verification_key else host

@@ -17,7 +17,7 @@ def fleet_verify(
     *,
     container: str | None,
     as_json: bool,
-    extra: list[str] | None = None,
+    key: str | None = None,
 ) -> int:
     """Run ``verify`` on every node copy of a central directory, or compare with ``against``."""
     if against is not None:
@@ -25,7 +25,7 @@ def fleet_verify(
             raise UsageError("--against compares whole roots: drop CONTAINER and --json")
         return _against(root, Path(against))
     args = ["verify", *([container] if container else []), *(["--json"] if as_json else [])]
-    return each_node(root, [*args, *(extra or [])])
+    return each_node(root, [*args, *(["--verification-key", key] if key else [])])
 
 
 def each_node(central: Path, args: list[str]) -> int:
