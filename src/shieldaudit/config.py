@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 class Settings(BaseModel):
-    """Every setting, validated (DESIGN §3)."""
+    """Every setting, validated (the table in docs/configuration.md)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

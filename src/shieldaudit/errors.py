@@ -1,8 +1,8 @@
 """The one error hierarchy: every user-facing failure is a ShieldAuditError.
 
-Each class carries the process exit code (DESIGN §7: 1 failure, 2 usage); the
-message is built once, at the raise site, as one line saying what was wrong and
-what to do. The CLI and the hook show it in exactly one place each.
+Each class carries the process exit code (1 failure, 2 usage; see docs/cli.md,
+"Output conventions"); the message is built once, at the raise site, as one
+line saying what was wrong and what to do. The CLI and the hook show it in exactly one place each.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The sidecar's Prometheus metrics (DESIGN §6): one registry, every series known up front.
+"""The sidecar's Prometheus metrics: one registry, every series known up front.
+
+The names, types and labels are documented in docs/sidecar.md, "Metrics".
 
 :class:`SidecarMetrics` owns the collectors on a registry passed in (tests pass a
 fresh ``CollectorRegistry``); :func:`render` is the pure exposition step. No

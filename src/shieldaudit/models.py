@@ -35,7 +35,7 @@ Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class Entry(BaseModel):
-    """One trail entry (DESIGN §2); keys beyond the contract are kept as extras."""
+    """One trail entry (docs/format.md, "Entries"); keys beyond the contract are kept as extras."""
 
     model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
@@ -56,7 +56,7 @@ class Entry(BaseModel):
 
 
 class WatchEvent(BaseModel):
-    """The line the sidecar's ``--emit`` writes for each entry (DESIGN §6)."""
+    """The line the sidecar's ``--emit`` writes for each entry (docs/sidecar.md)."""
 
     model_config = ConfigDict(frozen=True)
 

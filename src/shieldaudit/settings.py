@@ -1,6 +1,6 @@
 """Settings: the table of every setting, where values come from, and how each is parsed.
 
-Precedence (DESIGN §3): command-line option > environment > TOML file > default.
+Precedence (docs/configuration.md): command-line option > environment > TOML file > default.
 This module is standard library only because the hook's Python reference path
 loads it; :mod:`shieldaudit.config` wraps the same table in a
 pydantic model for the CLI, so both parse every value with the same functions.

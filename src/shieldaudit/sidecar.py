@@ -59,7 +59,10 @@ class ListenerHandle(Protocol):
 
 
 def watch_event(entry: dict[str, object]) -> bytes:
-    """Project an entry onto a WatchEvent JSON line (DESIGN §6), newline included (pure)."""
+    """Project an entry onto a WatchEvent JSON line, newline included (pure).
+
+    The line's keys are documented in docs/sidecar.md, "``--emit``".
+    """
     event: dict[str, object] = {k: entry.get(k) or "" for k in _EVENT_TEXT}
     event["seq"] = entry.get("seq")
     for k in _EVENT_TAIL:

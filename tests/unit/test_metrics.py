@@ -1,4 +1,4 @@
-"""The sidecar's metrics: names and types per DESIGN §6, every known series at 0, folding."""
+"""The sidecar's metrics: names and types per docs/sidecar.md, every known series at 0, folding."""
 
 from __future__ import annotations
 

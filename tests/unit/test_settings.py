@@ -18,7 +18,7 @@ def _file(tmp_path, text):
 
 
 def test_defaults_when_nothing_is_set(tmp_path):
-    """No option, env or file: built-in defaults (DESIGN §2/§6)."""
+    """No option, env or file: built-in defaults (docs/configuration.md)."""
     loaded = load_settings({}, {"HOME": str(tmp_path)}, _file(tmp_path, ""))
     assert loaded.max_segment_bytes == 10 * 1024 * 1024
     assert loaded.keep_segments == 20

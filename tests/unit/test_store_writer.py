@@ -21,7 +21,7 @@ from store_helpers import CID_A, CID_B, all_lines, settings, trail, write
 
 
 def test_first_entry_links_to_genesis_and_has_every_contract_key(tmp_path):
-    """Seq 1 links to the genesis value; every DESIGN §2 key is present, unknowns empty/null."""
+    """Seq 1 links to the genesis value; every contract key is present, unknowns empty/null."""
     root = tmp_path / "root"
     write(root, CID_A, 1)
     (line,) = all_lines(root, CID_A)

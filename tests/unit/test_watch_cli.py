@@ -8,7 +8,7 @@ from shieldaudit.cli import run
 
 
 def test_help_lists_the_contract_options(capsys):
-    """--help shows every option of DESIGN §6 plus --poll-interval."""
+    """--help shows every documented option (docs/sidecar.md)."""
     assert run(["sidecar", "--help"]) == 0
     out = capsys.readouterr().out
     for option in (

@@ -1,4 +1,4 @@
-"""The Podman events listener (DESIGN §5): every container event, once, in its trail.
+"""The Podman events listener (docs/listener.md): every container event, once, in its trail.
 
 ``events`` maps an event to entry fields (pure), ``cursor`` remembers what was
 written, ``source`` talks to Podman through podman-py, ``service`` runs the

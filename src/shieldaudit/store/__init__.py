@@ -1,4 +1,4 @@
-"""The audit store: the one place that knows the on-disk trail format (DESIGN §2).
+"""The audit store: the one place that knows the on-disk trail format (docs/format.md).
 
 Submodules: :mod:`.layout` (paths, IDs, safe opening, locks), :mod:`.chain`
 (serialisation and chain links), :mod:`.writer` (append, rotation, retention,

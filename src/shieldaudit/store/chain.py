@@ -45,7 +45,7 @@ _MAC_PREFIX: Final = b',"mac":"'
 _MAC_SUFFIX_LEN: Final = len(_MAC_PREFIX) + MAC_HEX_LEN + 2  # + '"}'
 MIN_KEY_BYTES: Final = 16
 MAX_KEY_FILE_BYTES: Final = 64 * 1024
-#: Keys every entry has, in the order they are written (DESIGN §2).
+#: Keys every entry has, in the order they are written (docs/format.md, "Entries").
 CORE_KEYS: Final = (
     "seq",
     "ts",

@@ -1,4 +1,4 @@
-"""Verifying a trail's chain across segments (DESIGN §2, tamper evidence).
+"""Verifying a trail's chain across segments (docs/format.md, "What verify checks").
 
 The checks, per entry in file order: the line parses; it belongs to this
 container; its ``mac`` matches its content (keyed or not, per ``chain``); its

@@ -53,7 +53,7 @@ log = logging.getLogger("shieldaudit.sidecar")
 
 #: Bytes read from one trail before others get a turn and a checkpoint may happen.
 READ_BUDGET: Final = 4 * 1024 * 1024
-#: Checkpoint at least this often while entries flow (DESIGN §6: at least once per second).
+#: Checkpoint at least this often while entries flow (docs/sidecar.md, "Exactly once").
 MAX_COMMIT_INTERVAL: Final = 1.0
 #: Housekeeping wake-up when idle and nothing is polled.
 IDLE_TIMEOUT: Final = 30.0
