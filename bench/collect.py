@@ -81,8 +81,8 @@ def make_messages(base: Path, entries: int) -> list[bytes]:
                 for line in (cdir / name).read_bytes().splitlines(keepends=True):
                     seq = json.loads(line)["seq"]
                     text = line.rstrip(b"\n").decode()
-                    body = json.dumps({"file": path, "offset": offset, "line": text})
-                    per_file.append((seq, f"{node} {body}\n".encode()))
+                    header = json.dumps({"file": path, "offset": offset})
+                    per_file.append((seq, f"{node} {header} {text}\n".encode()))
                     offset += len(line)
         # Interleave containers as a live node would: by seq, then container.
         per_file.sort(key=lambda item: item[0])
@@ -270,7 +270,7 @@ def poll(
             data = partial[path] + data
             *lines, partial[path] = data.split(b"\n")
             for line in lines:
-                text = line if path is trail else json.loads(line.split(b" ", 1)[1])["line"]
+                text = line if path is trail else line[line.index(b"} {") + 2 :]
                 seen.setdefault(json.loads(text)["seq"], now)
         time.sleep(0.001)
 

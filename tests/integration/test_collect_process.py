@@ -36,6 +36,11 @@ def node_trail(root: Path, container_id: str, count: int, segment: int = 1024) -
             writer.append(container_id, {"source": "cli", "action": "test", "detail": "last"})
 
 
+def wire(node: str, file: str, offset: object, line: str) -> bytes:
+    """One message as the collector's rsyslog hands it to collect (deploy/rsyslog templates)."""
+    return f"{node} {json.dumps({'file': file, 'offset': offset})} {line}\n".encode()
+
+
 def shipped(root: Path, node: str = "node-a") -> list[bytes]:
     """The messages rsyslog would hand collect for every line under a node root."""
     out = []
@@ -43,8 +48,7 @@ def shipped(root: Path, node: str = "node-a") -> list[bytes]:
         for f in sorted(cdir.iterdir(), key=lambda p: (p.name == "audit.jsonl", p.name)):
             offset = 0
             for line in f.read_bytes().splitlines(keepends=True):
-                message = {"file": str(f), "offset": offset, "line": line.rstrip(b"\n").decode()}
-                out.append(f"{node} {json.dumps(message)}\n".encode())
+                out.append(wire(node, str(f), offset, line.rstrip(b"\n").decode()))
                 offset += len(line)
     return out
 
@@ -157,17 +161,18 @@ def test_hostile_messages_are_refused_counted_and_never_paths(tmp_path):
     """
     root = tmp_path / "node"
     node_trail(root, cid("4"), 2)
-    good = shipped(root)[0]
-    line = json.loads(good.split(b" ", 1)[1])["line"]
+    first = min((root / "containers" / cid("4")).iterdir())
+    line = first.read_bytes().splitlines()[0].decode()
     trail = f"/x/containers/{cid('4')}/audit.jsonl"
 
     def msg(node: str, file: str, entry: str = line, offset: object = 0) -> bytes:
-        return f"{node} {json.dumps({'file': file, 'offset': offset, 'line': entry})}\n".encode()
+        return wire(node, file, offset, entry)
 
     hostile = [
         b"node-a {not json\n",
         b"node-a [1,2]\n",
         b"no-space-at-all\n",
+        b"node-a " + b"x" * (3 * 1024 * 1024) + b"\n",  # over-long: one answer, no memory
         msg("..", trail),
         msg("../etc", trail),
         msg(".hidden", trail),
@@ -179,7 +184,8 @@ def test_hostile_messages_are_refused_counted_and_never_paths(tmp_path):
         msg("node-a", "/x/seals/../seals.jsonl"),
         msg("node-a", f"/x/containers/{cid('5')}/audit.jsonl"),  # the entry is cid('4')'s
         msg("node-a", trail, line.replace('"seq":1', '"seq":-1')),
-        msg("node-a", trail, line + "\n" + line),
+        msg("node-a", trail, line.replace('"source":"cli"', '"source":"cl\u00ef"')),
+        f"node-a {json.dumps({'file': trail, 'offset': 0})}{line}\n".encode(),
         msg("node-a", trail, offset="0"),
         msg("node-a", trail, '{"seq":1,"container_id":"' + cid("4") + '","mac":"zz","prev":"00"}'),
     ]
@@ -219,3 +225,74 @@ def test_bad_options_are_one_error_line(tmp_path):
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr
         assert result.stderr.count("Error") == 1
+
+
+def seal(root: Path) -> None:
+    """Run ``shieldaudit seal`` on a node root."""
+    result = subprocess.run(
+        [SHIELDAUDIT, "--root", str(root), "seal"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def seal_messages(root: Path, node: str = "node-a") -> list[bytes]:
+    """The messages for every line of the node's seals file."""
+    path = root / "seals" / "seals.jsonl"
+    out, offset = [], 0
+    for line in path.read_bytes().splitlines(keepends=True):
+        out.append(wire(node, str(path), offset, line.rstrip(b"\n").decode()))
+        offset += len(line)
+    return out
+
+
+def test_seals_are_rebuilt_and_verify_on_the_copy(tmp_path):
+    """Seal records ship like trail lines, and a rewritten seal is a conflict.
+
+    The copy's seals file is the node's, verify passes on the copy, and a seal
+    rewritten on the node after shipping is a conflict there.
+    """
+    root = tmp_path / "node"
+    node_trail(root, cid("6"), 5)
+    seal(root)
+    node_trail(root, cid("7"), 4)
+    seal(root)
+    central = tmp_path / "central"
+    collect = Collect(central)
+    assert collect.batch(shipped(root) + seal_messages(root))[-1] == b"OK"
+    assert collect.close()[0] == 0
+    copy = central / "node-a"
+    assert (copy / "seals" / "seals.jsonl").read_bytes() == (
+        root / "seals" / "seals.jsonl"
+    ).read_bytes()
+    result = subprocess.run(
+        [SHIELDAUDIT, "--root", str(copy), "verify"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 seal(s)" in result.stdout
+
+    # The node's seals cut back to the first one and a new second seal written.
+    path = root / "seals" / "seals.jsonl"
+    first = path.read_bytes().splitlines(keepends=True)[0]
+    path.write_bytes(first)
+    node_trail(root, cid("7"), 1)
+    seal(root)
+    collect = Collect(central)
+    assert collect.batch(seal_messages(root))[-1] == b"OK"
+    assert collect.close()[0] == 0
+    result = subprocess.run(
+        [SHIELDAUDIT, "--root", str(copy), "verify"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout
+    assert "seals seal 2: CONFLICT" in result.stdout

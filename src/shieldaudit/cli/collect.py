@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from shieldaudit.errors import UsageError
-from shieldaudit.fleet.collect import Collector, Protocol
+from shieldaudit.fleet.collect import Collector, Protocol, read_batches
 
 
 @click.command("collect")
@@ -39,20 +40,29 @@ def collect_command(central: str, metrics_file: str | None) -> None:
     if metrics is not None and not metrics.parent.is_dir():
         raise UsageError(f"--metrics-file: {metrics.parent} is not a directory")
     collector = Collector(target)
-    out = sys.stdout.buffer
-
-    def reply(data: bytes) -> None:
-        out.write(data)
-        out.flush()
+    replies: list[bytes] = []
 
     def log(message: str) -> None:
         click.echo(f"shieldaudit collect: {message}", err=True)
 
-    protocol = Protocol(collector, reply, metrics_file=metrics, log=log)
+    protocol = Protocol(collector, replies.append, metrics_file=metrics, log=log)
+    out = sys.stdout.fileno()
     try:
         protocol.start()
-        for raw in sys.stdin.buffer:
-            protocol.handle(raw)
+        _answer(out, replies)
+        # Every line read in one go is answered in one write: rsyslog sends one
+        # line and waits, a faster feeder gets its answers in batches.
+        for lines in read_batches(sys.stdin.fileno()):
+            for line in lines:
+                protocol.handle(line)
+            _answer(out, replies)
     finally:
         collector.close()
         protocol.write_metrics(force=True)
+
+
+def _answer(fd: int, replies: list[bytes]) -> None:
+    data = memoryview(b"".join(replies))
+    replies.clear()
+    while data:
+        data = data[os.write(fd, data) :]

@@ -3,11 +3,13 @@
 The collector's rsyslog hands :class:`Collector` one message per line (see
 ``deploy/rsyslog/collector.conf``)::
 
-    <node> {"file":"<path on the node>","offset":<byte offset>,"line":"<the line>"}
+    <node> {"file":"<path on the node>","offset":<byte offset>} <the line, as it is>
 
 ``<node>`` is the sending node's host name, ``file`` the trail or seal file the
 line was read from (only its last components are used, after validation),
-``offset`` where the line started in that file and ``line`` the line itself.
+``offset`` where the line started in that file; after one space comes the
+line itself, unescaped (trail lines are ASCII JSON without control characters,
+so rsyslog carries them unchanged, and collect parses each line once).
 
 Placement is by ``seq`` (``seal`` for seal records): a line that continues the
 held chain (next ``seq``, ``prev`` equal to the held head's ``mac``) is appended;
@@ -66,6 +68,8 @@ RECENT: Final = 4096
 MAX_OPEN: Final = 256
 #: Touched files from which one syncfs replaces a sync per file.
 SYNCFS_FROM: Final = 8
+_decode: Final = json.JSONDecoder().decode
+_raw_decode: Final = json.JSONDecoder().raw_decode
 _NODE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _HEXMAC: Final = re.compile(r"[0-9a-f]{16,128}")
 
@@ -84,7 +88,7 @@ def is_node_name(value: str) -> bool:
     return _NODE.fullmatch(value) is not None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Shipped:
     """One validated shipped line."""
 
@@ -107,26 +111,28 @@ def parse_message(message: bytes) -> Shipped:
     if not is_node_name(node):
         raise RefusedError("node", f"bad node name {node[:80]!r}")
     try:
-        envelope = json.loads(rest)
+        text = rest.decode("utf-8").lstrip(" ")
+        header, end = _raw_decode(text)
     except (ValueError, RecursionError):
-        raise RefusedError("envelope", "the message is not a JSON object") from None
-    if not isinstance(envelope, dict):
-        raise RefusedError("envelope", "the message is not a JSON object")
-    path, line_text, offset = envelope.get("file"), envelope.get("line"), envelope.get("offset")
-    if not isinstance(path, str) or not isinstance(line_text, str):
-        raise RefusedError("envelope", "file or line missing")
+        raise RefusedError("envelope", "the message does not start with a JSON object") from None
+    if not isinstance(header, dict) or text[end : end + 1] != " ":
+        raise RefusedError("envelope", "the message does not start with a JSON object")
+    line_text = text[end + 1 :]
+    path, offset = header.get("file"), header.get("offset")
+    if not isinstance(path, str):
+        raise RefusedError("envelope", "file missing")
     if offset is not None and (not isinstance(offset, int) or isinstance(offset, bool)):
         raise RefusedError("envelope", "offset is not an integer")
     if offset is not None and offset < 0:
         raise RefusedError("envelope", "offset is negative")
     stream, name = _stream_of(path)
-    if "\n" in line_text:
-        raise RefusedError("entry", "the line holds a newline")
-    line = line_text.encode("utf-8", "surrogatepass")
-    if len(line) > MAX_LINE_BYTES:
+    # Entries are written ASCII-only: anything else did not come from a trail.
+    if not line_text.isascii() or "\n" in line_text:
+        raise RefusedError("entry", "the line is not one line of ASCII")
+    if len(line_text) > MAX_LINE_BYTES:
         raise RefusedError("entry", "the line is too long")
-    seq, mac, prev = _chain_fields(stream, line)
-    return Shipped(node, stream, name, offset, seq, mac, prev, line)
+    seq, mac, prev = _chain_fields(stream, line_text)
+    return Shipped(node, stream, name, offset, seq, mac, prev, line_text.encode("ascii"))
 
 
 def _stream_of(path: str) -> tuple[str, str]:
@@ -143,10 +149,9 @@ def _stream_of(path: str) -> tuple[str, str]:
     raise RefusedError("file", f"not a trail or seal file: {path[:120]!r}")
 
 
-def _chain_fields(stream: str, line: bytes) -> tuple[int, str, str]:
+def _chain_fields(stream: str, text: str) -> tuple[int, str, str]:
     try:
-        text = line.decode("ascii")
-        value = json.loads(text)
+        value = _decode(text)
     except (ValueError, RecursionError):
         raise RefusedError("entry", "the line is not an ASCII JSON object") from None
     if not isinstance(value, dict):
@@ -334,12 +339,13 @@ class Collector:
         return "stored"
 
     def _place(self, stream: _Stream, item: Shipped) -> None:
-        number = layout.segment_number(item.file)
         if stream.segmented:
             if item.offset == 0 and stream.active_size > 0:
                 self._rotate(stream)
-            if number is not None and number > stream.next_number and stream.active_size == 0:
-                stream.next_number = number  # history shipped from a later segment on
+            if stream.active_size == 0:
+                number = layout.segment_number(item.file)
+                if number is not None and number > stream.next_number:
+                    stream.next_number = number  # history shipped from a later segment on
         if stream.active_fd < 0:
             self._open_active(stream)
         data = item.line + b"\n"
@@ -659,10 +665,9 @@ class Collector:
                         record = json.loads(raw.data)
                         if stream.stream != SEALS_STREAM:
                             path += str(record["file"])
-                        message = json.dumps(
-                            {"file": path, "offset": record["offset"], "line": record["line"]}
+                        yield parse_message(
+                            message(stream.node, path, record["offset"], str(record["line"]))
                         )
-                        yield parse_message(f"{stream.node} {message}".encode())
                     except (ValueError, KeyError, TypeError):
                         continue
             finally:
@@ -708,6 +713,38 @@ class Collector:
             finally:
                 os.close(fd)
         return found
+
+
+def read_batches(fd: int, chunk: int = 256 * 1024) -> Iterator[list[bytes]]:
+    """Yield the complete lines each read brings, holding at most one over-long line's start.
+
+    A line longer than :data:`MAX_LINE_BYTES` (plus room for its header) is
+    yielded as an empty line, which is refused like any malformed message,
+    so it still gets its one answer.
+    """
+    limit = MAX_LINE_BYTES + 64 * 1024
+    buf = b""
+    skipping = False
+    while True:
+        data = os.read(fd, chunk)
+        if not data:
+            return
+        buf += data
+        *lines, buf = buf.split(b"\n")
+        if skipping and lines:
+            lines[0] = b""
+            skipping = False
+        if len(buf) > limit:
+            buf = b""
+            skipping = True
+        if lines:
+            yield lines
+
+
+def message(node: str, path: str, offset: int | None, line: str) -> bytes:
+    """Return the message the collector's rsyslog hands collect for one line (pure)."""
+    header = json.dumps({"file": path, "offset": offset}, separators=(",", ":"))
+    return f"{node} {header} {line}".encode()
 
 
 def shown_conf(central: Path, node: str) -> Path:
