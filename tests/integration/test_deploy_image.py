@@ -131,7 +131,7 @@ def trail_root(tmp_path: Path) -> Path:
 def _build_context(dest: Path, wheels_from: Path) -> None:
     """Assemble the build context: what the Containerfile copies, plus the wheels."""
     dest.mkdir()
-    for name in ("Containerfile", ".containerignore", "pyproject.toml", "README.md"):
+    for name in ("Containerfile", ".containerignore", "pyproject.toml", "README.md", "LICENSE"):
         if (REPO / name).exists():
             shutil.copy2(REPO / name, dest / name)
     shutil.copytree(

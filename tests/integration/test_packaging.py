@@ -22,12 +22,12 @@ CID = "f0" * 32
 
 
 def test_wheel_ships_the_native_hook_and_a_fresh_install_runs_it(tmp_path):
-    """The wheel holds an ELF ``shieldaudit-hook`` script; a venv install records with it."""
+    """The wheel holds an ELF ``shieldaudit-hook`` and the licence; a venv install records."""
     source = tmp_path / "source"
     skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "target")
     for name in ("src", "native"):
         shutil.copytree(REPO / name, source / name, ignore=skip)
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(REPO / name, source / name)
     wheels = tmp_path / "wheels"
     subprocess.run(
@@ -41,11 +41,16 @@ def test_wheel_ships_the_native_hook_and_a_fresh_install_runs_it(tmp_path):
         script = archive.getinfo(f"shieldaudit-{__version__}.data/scripts/shieldaudit-hook")
         magic = archive.read(script)[:4]
         entry_points = archive.read(f"shieldaudit-{__version__}.dist-info/entry_points.txt")
+        metadata = archive.read(f"shieldaudit-{__version__}.dist-info/METADATA").decode()
+        licence = archive.read(f"shieldaudit-{__version__}.dist-info/licenses/LICENSE")
         names = archive.namelist()
     assert magic == b"\x7fELF"
     assert (script.external_attr >> 16) & 0o111
     assert b"shieldaudit-hook" not in entry_points
     assert not [n for n in names if n.endswith("_hookmain.py") or "native/" in n]
+    # PEP 639: an SPDX expression, and the licence text itself in the wheel.
+    assert "License-Expression: Apache-2.0" in metadata.splitlines()
+    assert licence == (REPO / "LICENSE").read_bytes()
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
