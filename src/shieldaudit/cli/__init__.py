@@ -36,6 +36,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "install-hooks": ("shieldaudit.cli.hooks", "install_hooks_command"),
     "listen": ("shieldaudit.cli.listen", "listen_command"),
     "sidecar": ("shieldaudit.cli.sidecar", "sidecar_command"),
+    "completion": ("shieldaudit.cli.complete", "completion_command"),
     "collect": ("shieldaudit.cli.collect", "collect_command"),
 }
 

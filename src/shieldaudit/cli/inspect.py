@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from shieldaudit.cli import render
+from shieldaudit.cli.complete import container_names
 from shieldaudit.cli.context import app
 from shieldaudit.cli.output import colour_wanted, quiet, warn
 from shieldaudit.cli.resolve import resolve_all
@@ -200,7 +201,7 @@ def time_bounds(
 
 
 @click.command("show")
-@click.argument("container")
+@click.argument("container", shell_complete=container_names)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, as stored.")
 @click.option(
     "--since", metavar="T", help="Entries at or after T (RFC 3339, or an age: 10m, 2h, 7d)."

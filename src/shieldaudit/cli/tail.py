@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Final
 import click
 
 from shieldaudit.cli import render
+from shieldaudit.cli.complete import container_names
 from shieldaudit.cli.context import app
 from shieldaudit.cli.output import colour_wanted, quiet, warn
 from shieldaudit.cli.resolve import resolve_container
@@ -289,7 +290,7 @@ def follow(
 
 
 @click.command("tail")
-@click.argument("container", required=False)
+@click.argument("container", required=False, shell_complete=container_names)
 @click.option(
     "-n",
     "--lines",

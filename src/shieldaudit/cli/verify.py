@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from shieldaudit.cli.complete import container_names
 from shieldaudit.cli.context import app
 from shieldaudit.cli.output import quiet
 from shieldaudit.cli.resolve import resolve_container
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 
 @click.command("verify")
-@click.argument("container", required=False)
+@click.argument("container", required=False, shell_complete=container_names)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per container.")
 @click.option(
     "--verification-key",
