@@ -29,16 +29,21 @@ def fleet_verify(
 
 
 def each_node(central: Path, args: list[str]) -> int:
-    """Run a read-side command on every node copy, each under a ``== NODE`` heading."""
+    """Run a read-side command on every node copy, each under a ``== NODE`` heading.
+
+    Run in this process, one node after the other; the exit status is the worst.
+    """
     from shieldaudit.cli import run  # noqa: PLC0415 -- the CLI imports this module
 
     status = EXIT_OK
     nodes = check.node_names(central)
+    # With --json, stdout stays JSON lines only: the headings go to stderr.
+    aside = "--json" in args
     for node in nodes:
-        click.echo(f"== {node}")
+        click.echo(f"== {node}", err=aside)
         code = run(["--root", str(central / node), *args])
         status = max(status, code)
-    click.echo(f"{len(nodes)} node(s) under {central}")
+    click.echo(f"{len(nodes)} node(s) under {central}", err=aside)
     return status
 
 

@@ -62,8 +62,9 @@ COMMIT: Final = b"COMMIT TRANSACTION"
 MAX_LINE_BYTES: Final = 1024 * 1024
 #: Lines waiting for an earlier one, per stream; past that the stream's newest are refused.
 MAX_PENDING: Final = 100_000
-#: Recent (seq -> mac) pairs remembered per stream to recognise redeliveries cheaply.
-RECENT: Final = 4096
+#: Recent (seq -> mac) pairs remembered per stream to recognise redeliveries cheaply
+#: (a resent batch); older ones are looked up in the copy's files.
+RECENT: Final = 256
 #: Streams (one container of one node, or a node's seals) kept open at once.
 MAX_OPEN: Final = 256
 #: Touched files from which one syncfs replaces a sync per file.
