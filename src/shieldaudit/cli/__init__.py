@@ -63,18 +63,24 @@ class LazyGroup(click.Group):
 # --root and --config are plain strings: the settings loader checks them and says
 # what is wrong in one ``Error:`` line naming the setting (click would print its
 # usage block for a directory given as --config).
+# click.Path with no checks: it completes file names in a shell and converts nothing.
 @click.option(
     "--root",
     metavar="DIRECTORY",
+    type=click.Path(),
     default=None,
-    help="Trail root (else SHIELDAUDIT_ROOT, the config file, or the default).",
+    show_default="SHIELDAUDIT_ROOT, the config file, else /var/lib/shieldaudit for root, "
+    "~/.local/state/shieldaudit for others",
+    help="Trail root.",
 )
 @click.option(
     "--config",
     "config_file",
     metavar="FILE",
+    type=click.Path(),
     default=None,
-    help="TOML config file (else SHIELDAUDIT_CONFIG, else /etc/shieldaudit/config.toml).",
+    show_default="SHIELDAUDIT_CONFIG, else /etc/shieldaudit/config.toml if present",
+    help="TOML config file.",
 )
 @click.version_option(__version__, "--version", prog_name="shieldaudit")
 @click.pass_context

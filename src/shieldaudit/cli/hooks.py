@@ -19,15 +19,18 @@ from shieldaudit.ocistate import STAGES
     "--hooks-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="hooks.d directory to write to. [default: the one Podman reads: the last "
-    "directory of hooks_dir in containers.conf, else /usr/share/containers/oci/hooks.d]",
+    show_default="the one Podman reads: the last directory of hooks_dir in containers.conf, "
+    "else /usr/share/containers/oci/hooks.d",
+    help="hooks.d directory to write to.",
 )
 @click.option(
     "--stage",
     "stages",
     multiple=True,
     type=click.Choice(STAGES),
-    help="OCI stage to hook; repeatable. [default: createRuntime, poststart, poststop]",
+    default=hooksd.DEFAULT_STAGES,
+    show_default=True,
+    help="OCI stage to hook; repeatable.",
 )
 @click.option(
     "--annotation",

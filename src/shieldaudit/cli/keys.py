@@ -23,6 +23,7 @@ def keys_command() -> None:
     "verification_key",
     required=True,
     metavar="FILE",
+    type=click.Path(),
     help="Where to write the verification key (then move it off this host).",
 )
 @click.pass_context

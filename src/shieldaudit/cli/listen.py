@@ -21,9 +21,11 @@ if TYPE_CHECKING:
 @click.command("listen")
 @click.option(
     "--url",
+    metavar="URL",
     default=None,
-    help="Podman service URL (else SHIELDAUDIT_PODMAN_URL, the config file, or the "
-    "current user's Podman socket; unix:///run/podman/podman.sock for root).",
+    show_default="SHIELDAUDIT_PODMAN_URL, the config file, else the current user's Podman "
+    "socket; unix:///run/podman/podman.sock for root",
+    help="Podman service URL.",
 )
 @click.option(
     "--once",

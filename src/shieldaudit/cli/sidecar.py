@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from shieldaudit.cli.context import app
+from shieldaudit.cli.options import SettingFloat, SettingInt, setting_option
 
 if TYPE_CHECKING:
     from shieldaudit.config import Settings
@@ -40,37 +41,49 @@ def raise_open_files_limit() -> None:
 
 @click.command("sidecar")
 @click.option("--no-listen", is_flag=True, help="Do not run the events listener in-process.")
-@click.option("--metrics-addr", default=None, help="Address for /metrics (default 127.0.0.1).")
-@click.option("--metrics-port", default=None, help="Port for /metrics (default 9469).")
+@setting_option(
+    "--metrics-addr",
+    setting="metrics_addr",
+    metavar="ADDRESS",
+    help="Address for /metrics, /healthz and /readyz.",
+)
+@setting_option(
+    "--metrics-port",
+    setting="metrics_port",
+    type=SettingInt("metrics_port", 0, 65535),
+    help="Port for /metrics (0: the kernel chooses).",
+)
 @click.option("--emit", is_flag=True, help="Write each entry as a WatchEvent JSON line on stdout.")
 @click.option("--from-end", is_flag=True, help="Skip the history of existing trails.")
-@click.option(
+@setting_option(
     "--poll-interval",
-    default=None,
+    setting="poll_interval",
+    type=SettingFloat("poll_interval", 0, 3600, low_open=True),
     help="Seconds between polls when inotify is unavailable or its watch limit is hit.",
 )
-@click.option(
+@setting_option(
     "--unaudited-grace",
-    default=None,
-    help="Seconds a container start may wait for its hook entries before it counts as "
-    "unaudited (default 5).",
+    setting="unaudited_grace",
+    type=SettingFloat("unaudited_grace", 0, 3600),
+    help="Seconds a container start may wait for its hook entries before it counts as unaudited.",
 )
-@click.option(
+@setting_option(
     "--http-timeout",
-    default=None,
-    help="Seconds an HTTP client has to send its request (default 5); idle connections close.",
+    setting="http_timeout",
+    type=SettingFloat("http_timeout", 0, 3600, low_open=True),
+    help="Seconds an HTTP client has to send its request; idle connections close.",
 )
 @click.pass_context
 def sidecar_command(  # noqa: PLR0917 -- click passes one argument per option
     ctx: click.Context,
     no_listen: bool,
     metrics_addr: str | None,
-    metrics_port: str | None,
+    metrics_port: int | None,
     emit: bool,
     from_end: bool,
-    poll_interval: str | None,
-    unaudited_grace: str | None,
-    http_timeout: str | None,
+    poll_interval: float | None,
+    unaudited_grace: float | None,
+    http_timeout: float | None,
 ) -> None:
     """Watch every trail, count entries exactly once, serve Prometheus metrics.
 
