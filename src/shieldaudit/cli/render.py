@@ -2,8 +2,8 @@
 
 Colour is a parameter: the command decides once, at the edge, from whether
 stdout is a terminal and ``NO_COLOR`` (:func:`use_colour`). Widths are computed
-on the plain text, then colour codes are wrapped around the padded cell, so
-columns stay aligned with or without colour.
+on the plain text, then colour codes (``click.style``) are wrapped around the
+padded cell, so columns stay aligned with or without colour.
 """
 
 from __future__ import annotations
@@ -11,22 +11,19 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Final
 
+import click
+
 from shieldaudit.timefmt import parse_ts
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from datetime import datetime
 
-#: ANSI SGR codes by style name.
-STYLES: Final[dict[str, str]] = {
-    "bold": "1",
-    "dim": "2",
-    "red": "31",
-    "green": "32",
-    "yellow": "33",
-    "blue": "34",
-    "magenta": "35",
-    "cyan": "36",
+#: ``click.style`` arguments (foreground colour, bold, dim) by style name.
+STYLES: Final[dict[str, tuple[str | None, bool, bool]]] = {
+    "bold": (None, True, False),
+    "dim": (None, False, True),
+    **{c: (c, False, False) for c in ("red", "green", "yellow", "blue", "magenta", "cyan")},
 }
 #: Style of each lifecycle state.
 STATE_STYLES: Final[dict[str, str]] = {
@@ -55,11 +52,15 @@ def use_colour(*, isatty: bool, environ: Mapping[str, str]) -> bool:
 
 
 def paint(text: str, style: str | None, *, colour: bool) -> str:
-    """Wrap ``text`` in the style's ANSI codes when colouring."""
+    """Wrap ``text`` in the style's codes (``click.style``) when colouring."""
     if not colour or not style or not text:
         return text
-    code = STYLES.get(style)
-    return f"\x1b[{code}m{text}\x1b[0m" if code else text
+    attrs = STYLES.get(style)
+    if attrs is None:
+        return text
+    foreground, bold, dim = attrs
+    # None, not False: click.style(bold=False) would emit a "not bold" code.
+    return click.style(text, fg=foreground, bold=bold or None, dim=dim or None)
 
 
 def truncate(text: str, width: int) -> str:
