@@ -40,7 +40,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from shieldaudit.errors import StorageError, UnsafePathError
 from shieldaudit.store import chain, fskey, layout, pending, tailscan
@@ -62,17 +62,18 @@ _FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _MAX_SEALS_BYTES: Final = 1024**3
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
-    """A trail's head: last ``seq``, its ``mac``, the lowest sealed segment kept (0: none)."""
+class Head(NamedTuple):
+    """A trail's head: last ``seq``, its ``mac``, the lowest sealed segment kept (0: none).
+
+    Tuples, not dataclasses: a seal builds and compares one per trail.
+    """
 
     seq: int
     mac: str
     first: int
 
 
-@dataclass(frozen=True, slots=True)
-class Pin:
+class Pin(NamedTuple):
     """A head a seal recorded: entry ``seq`` had ``mac`` when seal ``seal`` (epoch) was made."""
 
     seq: int
@@ -307,7 +308,7 @@ def compare(result: Fold, current: Mapping[str, Head]) -> tuple[dict[str, Head],
                 "(not removed by retention)"
             )
         elif head != was:
-            changes[cid] = Head(head.seq, head.mac, head.first)
+            changes[cid] = head
     for cid, sealed in result.trails.items():
         if cid not in current:
             pin = sealed.pins[-1].seal if sealed.pins else result.last
@@ -606,7 +607,7 @@ def _seal_locked(settings: StoreSettings, root_fd: int, clock: Callable[[], int]
     seals_fd = _open_seals_dir(root_fd, root, create=True)
     records: list[int] = []
     try:
-        result = _recover(seals_fd, root, keys, series)
+        result, end = _recover(seals_fd, root, keys, series)
         for name in (pending.TOMBSTONES, pending.RETIRED):
             fd = pending.open_state_file(root_fd, root, name)
             records.append(fd)
@@ -633,10 +634,11 @@ def _seal_locked(settings: StoreSettings, root_fd: int, clock: Callable[[], int]
             retired=retired_by,
             key=keys.signer,
         )
-        _commit(settings, seals_fd, root, line, series)
+        _commit(settings, seals_fd, root, line, end=end, series=series)
         for fd in records:
-            os.ftruncate(fd, 0)  # consumed: the seal above records them
-            os.fsync(fd)
+            if os.fstat(fd).st_size:
+                os.ftruncate(fd, 0)  # consumed: the seal above records them
+                os.fsync(fd)
     finally:
         for fd in records:
             os.close(fd)
@@ -654,25 +656,33 @@ def _seal_locked(settings: StoreSettings, root_fd: int, clock: Callable[[], int]
     )
 
 
-def _recover(seals_fd: int, root: Path, keys: chain.KeyRing, series: fskey.Series | None) -> Fold:
-    """Fold the seals; finish or discard a seal left pending by a crash."""
+def _recover(
+    seals_fd: int, root: Path, keys: chain.KeyRing, series: fskey.Series | None
+) -> tuple[Fold, int]:
+    """Fold the seals; finish or discard a seal left pending by a crash; return where they end."""
     lines, end = _read_lines(seals_fd, root)
     result = fold(lines, keys)
     extra = _read_pending_seal(seals_fd)
     if extra is not None and _pending_applies(result, extra, series):
         _append(seals_fd, root, extra + b"\n", end)
+        end += len(extra) + 1
         apply(result, extra, _parse(extra), keys)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(PENDING_SEAL, dir_fd=seals_fd)
         layout.fsync_dir(seals_fd)
-    return result
+    return result, end
 
 
 def _commit(
-    settings: StoreSettings, seals_fd: int, root: Path, line: bytes, series: fskey.Series | None
+    settings: StoreSettings,
+    seals_fd: int,
+    root: Path,
+    line: bytes,
+    *,
+    end: int,
+    series: fskey.Series | None,
 ) -> None:
-    """Make the seal durable; with an evolving key, advance the key at the commit point."""
-    _, end = _read_lines(seals_fd, root)
+    """Make the seal durable after ``end``; with an evolving key, step the key (the commit)."""
     if series is None:
         _append(seals_fd, root, line, end)
         return
