@@ -199,3 +199,18 @@ def test_seal_keeps_evidence_and_exits_1(root):
     assert lines == [
         f"{B[:12]} seals: tail truncated: the trail ends at seq 1 but seal 2 recorded seq 3"
     ]
+
+
+def test_an_emptied_trail_is_truncated_and_an_unsafe_one_is_not_called_removed(root):
+    """A trail emptied to nothing is a truncation to seq 0; an unreadable one is only unsafe."""
+    (root / "containers" / A / "audit.jsonl").write_bytes(b"")
+    (root / "containers" / B).chmod(0o770)
+    code, lines = _verify(root)
+    assert code == 1
+    assert f"{A[:12]} seals: tail truncated: the trail ends at seq 0 but seal 2 recorded seq 4" in (
+        lines
+    )
+    assert not any("removed without a tombstone" in line for line in lines)
+    assert any(
+        line.startswith(f"{B[:12]} - seq ?: ") and "writable by group" in line for line in lines
+    )

@@ -123,8 +123,8 @@ def _tombstone(trails: Trails, container_id: str) -> None:
     still there, which is harmless; the reverse would look like tampering.
     """
     head = seals.trail_head(trails.fd, container_id, trails.root)
-    seq, mac = (head.seq, head.mac) if head is not None else (0, "")
-    record = {"container_id": container_id, "seq": seq, "mac": mac, "ts": format_ns(time.time_ns())}
+    record = {"container_id": container_id, "seq": head.seq, "mac": head.mac}
+    record["ts"] = format_ns(time.time_ns())
     pending.append(trails.root_fd, trails.root, pending.TOMBSTONES, record)
 
 

@@ -73,6 +73,10 @@ class Head(NamedTuple):
     first: int
 
 
+#: A trail that is there but cannot be read safely (see :func:`read_heads`).
+UNREADABLE: Final = Head(-1, "", 0)
+
+
 class Pin(NamedTuple):
     """A head a seal recorded: entry ``seq`` had ``mac`` when seal ``seal`` (epoch) was made."""
 
@@ -290,6 +294,8 @@ def compare(result: Fold, current: Mapping[str, Head]) -> tuple[dict[str, Head],
     problems: dict[str, str] = {}
     for cid, head in current.items():
         sealed = result.trails.get(cid)
+        if head.seq < 0 or (sealed is None and head.seq == 0):
+            continue  # unreadable (verify says why), or nothing to seal yet
         if sealed is None:
             changes[cid] = head
             continue
@@ -407,8 +413,9 @@ def entry_checker(
 def read_heads(root_fd: int, root: Path) -> dict[str, Head]:
     """Return every trail's head, reading each from the end of its newest segment.
 
-    Trails without a valid entry are left out. A trail that cannot be read
-    safely is left out too (``verify`` reports it on its own).
+    A trail without a valid entry has ``seq`` 0; one that cannot be read
+    safely is :data:`UNREADABLE` (``verify`` reports why on its own): it is
+    there, so it is neither sealed nor taken for removed.
     """
     try:
         containers_fd = layout.open_subdir(
@@ -421,17 +428,17 @@ def read_heads(root_fd: int, root: Path) -> dict[str, Head]:
         for cid in os.listdir(containers_fd):
             if not layout.is_container_id(cid):
                 continue
-            with contextlib.suppress(OSError, StorageError, UnsafePathError):
-                head = trail_head(containers_fd, cid, root)
-                if head is not None:
-                    heads[cid] = head
+            try:
+                heads[cid] = trail_head(containers_fd, cid, root)
+            except (OSError, StorageError, UnsafePathError):
+                heads[cid] = UNREADABLE
     finally:
         os.close(containers_fd)
     return heads
 
 
-def trail_head(containers_fd: int, cid: str, root: Path) -> Head | None:
-    """Return one trail's head (None when it has no valid entry); raise if it is unsafe.
+def trail_head(containers_fd: int, cid: str, root: Path) -> Head:
+    """Return one trail's head (``seq`` 0 when it has no valid entry); raise if it is unsafe.
 
     The common case costs a handful of system calls and no path objects: a
     seal reads every trail's head, and 10,000 trails must take under a second.
@@ -456,7 +463,7 @@ def trail_head(containers_fd: int, cid: str, root: Path) -> Head | None:
     finally:
         os.close(dir_fd)
     seq, mac = head
-    return Head(seq, mac, numbers[0] if numbers else 0) if seq else None
+    return Head(seq, mac, numbers[0] if numbers else 0)
 
 
 def _regular_size(fd: int, root: Path, cid: str) -> int:
