@@ -212,7 +212,13 @@ def test_bad_options_are_one_error_line(tmp_path):
     """A missing --central, or a metrics file in a missing directory: one Error line, exit 2."""
     for args in (
         ["collect"],
-        ["collect", "--central", str(tmp_path / "c"), "--metrics-file", "/nonexistent/x.prom"],
+        [
+            "collect",
+            "--central",
+            str(tmp_path / "c"),
+            "--metrics-file",
+            str(tmp_path / "missing" / "x.prom"),
+        ],
     ):
         result = subprocess.run(
             [SHIELDAUDIT, *args],

@@ -285,5 +285,8 @@ def test_trail_rewritten_after_shipping_is_a_conflict(fleet):
     against = cli("--root", node.root, "verify", "--against", copy)
     assert against.returncode == 1, against.stdout
     assert f"{cid[:12]} seq 5: histories part here" in against.stdout
+    reverse = cli("--root", copy, "verify", "--against", node.root)
+    assert reverse.returncode == 1, reverse.stdout
+    assert f"{cid[:12]} seq 5: histories part here" in reverse.stdout
     fleet_verify = cli("--root", central, "verify")
     assert fleet_verify.returncode == 1

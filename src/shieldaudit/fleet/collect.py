@@ -730,6 +730,8 @@ def read_batches(fd: int, chunk: int = 256 * 1024) -> Iterator[list[bytes]]:
         data = os.read(fd, chunk)
         if not data:
             return
+        if skipping and b"\n" not in data:
+            continue  # still inside the over-long line: drop it as it comes
         buf += data
         *lines, buf = buf.split(b"\n")
         if skipping and lines:

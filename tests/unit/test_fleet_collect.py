@@ -1,0 +1,95 @@
+"""Pure parts of collect: reading omprog's input, validating messages, the metrics text.
+
+Pins that input lines are cut at newlines whatever the read sizes, that an
+over-long line becomes one empty (refused) line without being held, that seal
+records and trail lines are told apart by the file they came from, and that
+every collect metric is exported from the start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+
+from shieldaudit.fleet.collect import (
+    MAX_LINE_BYTES,
+    SEALS_STREAM,
+    Counts,
+    RefusedError,
+    message,
+    parse_message,
+    read_batches,
+)
+
+CID = "ab" * 32
+MAC = "1f" * 32
+PREV = "0" * 64
+
+
+def entry(seq: int = 1) -> str:
+    """A trail line as the writer makes it (chain fields only matter here)."""
+    body = {"seq": seq, "container_id": CID, "prev": PREV, "chain": "sha256", "mac": MAC}
+    return json.dumps(body, separators=(",", ":"))
+
+
+def feed(chunks: list[bytes], size: int = 7) -> list[bytes]:
+    """Write chunks into a pipe from a thread; return every line read_batches yields."""
+    read_fd, write_fd = os.pipe()
+
+    def writer() -> None:
+        for chunk in chunks:
+            os.write(write_fd, chunk)
+        os.close(write_fd)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        return [line for batch in read_batches(read_fd, chunk=size) for line in batch]
+    finally:
+        thread.join()
+        os.close(read_fd)
+
+
+def test_lines_are_cut_at_newlines_whatever_the_reads():
+    """Lines split over several reads come out whole; a last line without newline is not one."""
+    assert feed([b"a", b"bc\nde", b"f\n\ngh"]) == [b"abc", b"def", b""]
+
+
+def test_an_over_long_line_is_one_empty_line():
+    """A line past the limit is skipped (not held) and stands as one empty line."""
+    big = b"x" * (MAX_LINE_BYTES + 200 * 1024)
+    assert feed([b"one\n", big, b"tail\ntwo\n"], size=4096) == [b"one", b"", b"two"]
+
+
+def test_trail_and_seal_lines_are_told_apart_by_their_file():
+    """A trail line names its container by path; a seal record its seal number."""
+    trail = parse_message(message("node-a", f"/r/containers/{CID}/audit-000003.jsonl", 7, entry()))
+    assert (trail.node, trail.stream, trail.file, trail.offset, trail.seq) == (
+        "node-a",
+        CID,
+        "audit-000003.jsonl",
+        7,
+        1,
+    )
+    seal_line = json.dumps({"seal": 4, "prev": PREV, "chain": "sha256", "mac": MAC})
+    seal = parse_message(message("node-a", "/r/seals/seals.jsonl", 0, seal_line))
+    assert (seal.stream, seal.seq) == (SEALS_STREAM, 4)
+    with pytest.raises(RefusedError) as caught:
+        parse_message(message("node-a", "/r/seals/seals.jsonl", 0, entry()))
+    assert caught.value.reason == "entry"
+
+
+def test_every_metric_is_exported_at_zero():
+    """All collect series exist from the start, so alerts on increase() work at once."""
+    text = Counts().render()
+    for series in (
+        'shieldaudit_collect_entries_total{outcome="stored"} 0',
+        'shieldaudit_collect_entries_total{outcome="duplicate"} 0',
+        "shieldaudit_collect_conflicts_total 0",
+        'shieldaudit_collect_refused_total{reason="file"} 0',
+        'shieldaudit_collect_refused_total{reason="backlog"} 0',
+    ):
+        assert series in text.splitlines()
