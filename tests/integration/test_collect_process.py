@@ -209,9 +209,14 @@ def test_hostile_messages_are_refused_counted_and_never_paths(tmp_path):
 
 
 def test_bad_options_are_one_error_line(tmp_path):
-    """A missing --central, or a metrics file in a missing directory: one Error line, exit 2."""
+    """Bad collect options are one Error line, exit 2, and create nothing.
+
+    A missing --central, one under a missing directory, a metrics file in a
+    missing directory.
+    """
     for args in (
         ["collect"],
+        ["collect", "--central", str(tmp_path / "missing" / "central")],
         [
             "collect",
             "--central",
@@ -231,6 +236,7 @@ def test_bad_options_are_one_error_line(tmp_path):
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr
         assert result.stderr.count("Error") == 1
+    assert not (tmp_path / "missing").exists()
 
 
 def seal(root: Path) -> None:

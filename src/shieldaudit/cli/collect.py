@@ -36,6 +36,11 @@ def collect_command(central: str, metrics_file: str | None) -> None:
     if not central:
         raise UsageError("--central is empty: give the directory for the node copies")
     target = Path(central).absolute()
+    if not target.parent.is_dir():
+        # Creating a whole path from a typo would scatter node copies: only the last part.
+        raise UsageError(
+            f"--central {target}: {target.parent} does not exist; create it, or fix the path"
+        )
     metrics = Path(metrics_file).absolute() if metrics_file else None
     if metrics is not None and not metrics.parent.is_dir():
         raise UsageError(f"--metrics-file: {metrics.parent} is not a directory")
