@@ -33,7 +33,7 @@ DEFAULT_PACKAGES=(
 WITH_PODMAN=(catatonit)
 
 # Installed for their programs only: their services stay disabled and stopped.
-SERVICES_OFF=(prometheus rsyslog)
+SERVICES_OFF=(prometheus rsyslog rsyslog-relp)
 
 if [[ $# -gt 0 ]]; then
     packages=("$@")
