@@ -549,7 +549,58 @@ pub fn format_ns(ns: u128) -> String {
     )
 }
 
-fn error_log_regular(state: &File) -> Result<File, String> {
+/// Why the hook-error log is not written.
+enum LogError {
+    /// A symlink, a FIFO or anything but a regular file.
+    NotRegular,
+    /// Refused as the store refuses it (the whole message).
+    Refused(String),
+    /// The OS's reason.
+    Os(String),
+}
+
+fn os_error(err: &io::Error) -> LogError {
+    LogError::Os(os_reason(err))
+}
+
+/// The reference's message for a file with other hard links (`layout.check_single_link`).
+fn hard_links_message(shown: &str, links: u64) -> String {
+    format!(
+        "{0} has {1} hard links, so writing to it would also change a file outside the trail: \
+         find them with 'find / -xdev -samefile {0}'; if it holds this trail, give it its own \
+         copy ('cp -p {0} {0}.new && mv {0}.new {0}'), else move it away",
+        shown, links
+    )
+}
+
+/// The reference's refusal of a directory others could change (`layout.check_dir`).
+fn loose_dir_message(dir: &File, parent: &File, shown: &str) -> Result<Option<String>, LogError> {
+    let meta = dir.metadata().map_err(|e| os_error(&e))?;
+    if meta.mode() & 0o022 != 0 {
+        return Ok(Some(format!(
+            "{0} is writable by group or others (mode {1:04o}), so other users could remove \
+             or replace what it holds: check its content, then run 'chmod go-w {0}'",
+            shown,
+            meta.mode() & 0o7777
+        )));
+    }
+    if meta.uid() != 0 {
+        let owner = parent.metadata().map_err(|e| os_error(&e))?.uid();
+        if meta.uid() != owner {
+            return Ok(Some(format!(
+                "{0} belongs to uid {1}, not to the owner of the directory above it (uid {2}) \
+                 or root, so that user could remove or replace what it holds: check its \
+                 content, then run 'chown {2} {0}'",
+                shown,
+                meta.uid(),
+                owner
+            )));
+        }
+    }
+    Ok(None)
+}
+
+fn error_log_regular(state: &File, shown: &str) -> Result<File, LogError> {
     match sys::open_at(
         Some(state),
         HOOK_ERRORS,
@@ -557,39 +608,42 @@ fn error_log_regular(state: &File) -> Result<File, String> {
         0o600,
     ) {
         Ok(file) => match file.metadata() {
-            Ok(meta) if is_regular(meta.mode()) => Ok(file),
-            Ok(_) => Err(String::new()),
-            Err(err) => Err(os_reason(&err)),
+            Ok(meta) if !is_regular(meta.mode()) => Err(LogError::NotRegular),
+            Ok(meta) if meta.nlink() > 1 => {
+                Err(LogError::Refused(hard_links_message(shown, meta.nlink())))
+            }
+            Ok(_) => Ok(file),
+            Err(err) => Err(os_error(&err)),
         },
         // ELOOP (a symlink), ENXIO (a FIFO without a reader): "not a regular file".
-        Err(err) if matches!(err.raw_os_error(), Some(40) | Some(6)) => Err(String::new()),
-        Err(err) => Err(os_reason(&err)),
+        Err(err) if matches!(err.raw_os_error(), Some(40) | Some(6)) => Err(LogError::NotRegular),
+        Err(err) => Err(os_error(&err)),
     }
 }
 
 /// Rotate a full error log as the Python hook does; returns the file to write to.
-fn rotate_errors(state: &File, out: File) -> Result<File, String> {
+fn rotate_errors(state: &File, out: File, shown: &str) -> Result<File, LogError> {
     match lock_bounded(&out, ERRORS_LOCK_TIMEOUT, 0.002, 0.002) {
         Ok(true) => {}
         Ok(false) => return Ok(out),
-        Err(err) => return Err(os_reason(&err)),
+        Err(err) => return Err(os_error(&err)),
     }
-    let mine = out.metadata().map_err(|e| os_reason(&e))?;
+    let mine = out.metadata().map_err(|e| os_error(&e))?;
     let named = match sys::open_at(Some(state), HOOK_ERRORS, O_PATH | O_NOFOLLOW, 0) {
-        Ok(file) => Some(file.metadata().map_err(|e| os_reason(&e))?),
+        Ok(file) => Some(file.metadata().map_err(|e| os_error(&e))?),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(os_reason(&e)),
+        Err(e) => return Err(os_error(&e)),
     };
     if let Some(named) = named {
         if named.ino() == mine.ino() {
             if mine.len() < HOOK_ERRORS_MAX_BYTES {
                 return Ok(out);
             }
-            sys::rename_at(state, HOOK_ERRORS, HOOK_ERRORS_OLD).map_err(|e| os_reason(&e))?;
+            sys::rename_at(state, HOOK_ERRORS, HOOK_ERRORS_OLD).map_err(|e| os_error(&e))?;
         }
     }
     drop(out);
-    error_log_regular(state)
+    error_log_regular(state, shown)
 }
 
 /// Append one failure to `<root>/state/hook-errors.jsonl`; return why not, or None.
@@ -655,17 +709,29 @@ pub fn record_error(
         Err(e) if matches!(e.raw_os_error(), Some(20) | Some(40)) => return Some(not_regular),
         Err(e) => return cannot(os_reason(&e)),
     };
-    let mut out = match error_log_regular(&state) {
+    let failed = |why: LogError| match why {
+        LogError::NotRegular => Some(not_regular.clone()),
+        LogError::Refused(message) => Some(message),
+        LogError::Os(reason) => cannot(reason),
+    };
+    // A state/ or a log the store would refuse is not written either.
+    match loose_dir_message(&state, &dir, &format!("{}/state", root)) {
+        Ok(None) => {}
+        Ok(Some(message)) => return Some(message),
+        Err(why) => return failed(why),
+    }
+    let shown = format!("{}/state/{}", root, HOOK_ERRORS);
+    let mut out = match error_log_regular(&state, &shown) {
         Ok(out) => out,
-        Err(reason) if reason.is_empty() => return Some(not_regular),
-        Err(reason) => return cannot(reason),
+        Err(why) => return failed(why),
     };
     match out.metadata() {
-        Ok(meta) if meta.len() >= HOOK_ERRORS_MAX_BYTES => match rotate_errors(&state, out) {
-            Ok(file) => out = file,
-            Err(reason) if reason.is_empty() => return Some(not_regular),
-            Err(reason) => return cannot(reason),
-        },
+        Ok(meta) if meta.len() >= HOOK_ERRORS_MAX_BYTES => {
+            match rotate_errors(&state, out, &shown) {
+                Ok(file) => out = file,
+                Err(why) => return failed(why),
+            }
+        }
         Ok(_) => {}
         Err(e) => return cannot(os_reason(&e)),
     }

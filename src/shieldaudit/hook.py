@@ -33,7 +33,12 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from shieldaudit import ocistate
-from shieldaudit.errors import InvalidContainerIdError, ShieldAuditError, UsageError
+from shieldaudit.errors import (
+    InvalidContainerIdError,
+    ShieldAuditError,
+    UnsafePathError,
+    UsageError,
+)
 from shieldaudit.settings import env_fail_closed, load_store_settings
 from shieldaudit.store import layout
 from shieldaudit.store.writer import TrailWriter
@@ -294,7 +299,12 @@ def _subdir(parent_fd: int, name: str) -> int:
         raise
 
 
-def _open_log(state_fd: int) -> int:
+def _open_log(state_fd: int, shown: str) -> int:
+    """Open the failure log for appending; refuse anything but a singly linked regular file.
+
+    A hard-linked log is refused as the store refuses a hard-linked trail file:
+    appending to it would write into a file outside the root.
+    """
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _FILE_FLAGS
     try:
         fd = os.open(HOOK_ERRORS, flags, layout.FILE_MODE, dir_fd=state_fd)
@@ -302,14 +312,18 @@ def _open_log(state_fd: int) -> int:
         if exc.errno in {errno.ELOOP, errno.ENXIO}:  # a symlink, a FIFO without a reader
             raise _NotRegularError from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _NotRegularError  # noqa: TRY301 -- the descriptor is closed below
+        layout.check_single_link(fd, shown)
+    except BaseException:
         os.close(fd)
-        raise _NotRegularError
+        raise
     os.set_blocking(fd, True)
     return fd
 
 
-def _rotate_errors(state_fd: int, out: int) -> int:
+def _rotate_errors(state_fd: int, out: int, shown: str) -> int:
     """Move a full error log to ``hook-errors.1.jsonl`` (replacing it); return the new log's fd.
 
     Under an exclusive ``flock`` of the full file, so of several failing hooks
@@ -339,7 +353,7 @@ def _rotate_errors(state_fd: int, out: int) -> int:
         os.close(out)
         raise
     os.close(out)  # releases the lock; the full file is now HOOK_ERRORS_OLD
-    return _open_log(state_fd)
+    return _open_log(state_fd, shown)
 
 
 def record_error(
@@ -355,7 +369,9 @@ def record_error(
 
     The sidecar counts these lines as ``shieldaudit_hook_errors_total``. A root
     that is not a safe directory (group/world-writable, a file) is not written:
-    anything there could have been swapped by another user. The log is kept
+    anything there could have been swapped by another user. Nor is a ``state/``
+    the store would refuse (group/world-writable, or owned by someone other than
+    the root's owner or root), nor a log with other hard links. The log is kept
     bounded: at :data:`HOOK_ERRORS_MAX_BYTES` it becomes ``hook-errors.1.jsonl``
     (replacing the previous one), which the sidecar drains before the new file.
     """
@@ -381,9 +397,11 @@ def record_error(
         line = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
         state_fd = _subdir(fd, layout.STATE_DIR)
         try:
-            out = _open_log(state_fd)
+            layout.check_dir(state_fd, fd, f"{root}/{layout.STATE_DIR}")
+            shown = f"{root}/{layout.STATE_DIR}/{HOOK_ERRORS}"
+            out = _open_log(state_fd, shown)
             if os.fstat(out).st_size >= HOOK_ERRORS_MAX_BYTES:
-                out = _rotate_errors(state_fd, out)
+                out = _rotate_errors(state_fd, out, shown)
         finally:
             os.close(state_fd)
         try:
@@ -392,8 +410,13 @@ def record_error(
                 os.fdatasync(out)
         finally:
             os.close(out)
-    except _NotRegularError:
-        return f"{root}/state/hook-errors.jsonl is not a regular file in a directory"
+    except (_NotRegularError, UnsafePathError) as exc:
+        # UnsafePathError: a loose or foreign state/, a hard-linked log (the store's words)
+        return (
+            exc.message
+            if isinstance(exc, UnsafePathError)
+            else f"{root}/state/hook-errors.jsonl is not a regular file in a directory"
+        )
     except OSError as exc:
         return f"cannot write {root}/state/hook-errors.jsonl: {exc.strerror or exc}"
     finally:

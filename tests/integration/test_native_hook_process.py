@@ -9,14 +9,18 @@ and that a hand-over passes the exact stdin bytes.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import json
+import os
 import resource
 import subprocess
 import sys
 from pathlib import Path
 
 from native_hook import native_hook
+from shieldaudit import hook
 from shieldaudit.settings import StoreSettings
 from shieldaudit.store import chain
 from shieldaudit.store.verify import verify_container
@@ -300,3 +304,49 @@ def test_a_hand_over_for_the_bundle_passes_the_state_not_the_bundle(tmp_path):
     assert (proc.returncode, proc.stderr) == (0, b"")
     (entry,) = entries(root)
     assert (entry["status"], entry["pid"], entry["detail"]) == ("running", 31337, "sleep 9")
+
+
+def _spoil_error_log(root: Path, how: str) -> None:
+    state_dir = root / "state"
+    if how == "loose state/":
+        state_dir.chmod(0o770)
+    elif how == "foreign state/":
+        os.chown(state_dir, 54321, -1)
+    else:
+        os.link(state_dir / "hook-errors.jsonl", root.parent / f"{root.name}-outside")
+
+
+def _pipe(data: bytes) -> int:
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, data)
+    os.close(write_fd)
+    return read_fd
+
+
+def test_a_refused_error_log_is_refused_as_the_reference_refuses_it(tmp_path):
+    """A loose or foreign ``state/`` or a hard-linked hook-errors.jsonl is not appended to.
+
+    The failure (an unknown stage, recorded by the native hook itself)
+    goes to stderr only, with the reference's "failure not recorded" reason word
+    for word; the log (and the file linked to it) is unchanged.
+    """
+    bad = state(str(tmp_path / "no-bundle"))
+    for how in ("loose state/", "foreign state/", "hard-linked log"):
+        base = tmp_path / how.replace(" ", "-").replace("/", "")
+        native_root, reference_root = base / "native", base / "reference"
+        for root in (native_root, reference_root):
+            assert run("bogus", bad, env_for(root)).returncode == 0
+            _spoil_error_log(root, how)
+        log = native_root / "state" / "hook-errors.jsonl"
+        before = log.read_bytes()
+        proc = run("bogus", bad, env_for(native_root))
+        assert proc.returncode == 0
+        assert log.read_bytes() == before
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            status = hook.run(["bogus"], env_for(reference_root), stdin_fd=_pipe(bad))
+        assert status == 0
+        native_line = proc.stderr.decode().replace(str(native_root), "ROOT")
+        reference_line = err.getvalue().replace(str(reference_root), "ROOT")
+        assert native_line == reference_line, how
+        assert "[failure not recorded: ROOT/state" in native_line, how

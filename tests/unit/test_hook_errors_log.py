@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -105,3 +106,44 @@ def test_concurrent_failing_hooks_rotate_once_and_lose_nothing(tmp_path, monkeyp
     found = previous + _lines(state / "hook-errors.jsonl")
     assert previous  # it did rotate
     assert len(found) == 8 * per_thread
+
+
+def test_a_loose_state_directory_is_not_written(tmp_path):
+    """A group-writable ``state/`` is refused as the store refuses it: nothing is appended."""
+    root = tmp_path / "root"
+    _record(root, 1)
+    state = root / "state"
+    state.chmod(0o770)
+    before = (state / "hook-errors.jsonl").read_bytes()
+    why = hook.record_error(str(root), "poststart", CID, "another failure", sync=False)
+    assert why is not None
+    assert why.startswith(f"{state} is writable by group or others (mode 0770)")
+    assert f"run 'chmod go-w {state}'" in why
+    assert (state / "hook-errors.jsonl").read_bytes() == before
+
+
+def test_a_foreign_state_directory_is_not_written(tmp_path):
+    """A ``state/`` owned by another user than the root's owner (or root) is refused."""
+    root = tmp_path / "root"
+    _record(root, 1)
+    state = root / "state"
+    os.chown(state, 54321, -1)
+    before = (state / "hook-errors.jsonl").read_bytes()
+    why = hook.record_error(str(root), "poststart", CID, "another failure", sync=False)
+    assert why is not None
+    assert why.startswith(f"{state} belongs to uid 54321, not to the owner of the directory")
+    assert (state / "hook-errors.jsonl").read_bytes() == before
+
+
+def test_a_hard_linked_log_is_not_written(tmp_path):
+    """A log with another hard link is refused: appending would change a file outside the root."""
+    root = tmp_path / "root"
+    _record(root, 1)
+    log = root / "state" / "hook-errors.jsonl"
+    outside = tmp_path / "outside"
+    os.link(log, outside)
+    before = outside.read_bytes()
+    why = hook.record_error(str(root), "poststart", CID, "another failure", sync=False)
+    assert why is not None
+    assert why.startswith(f"{log} has 2 hard links")
+    assert outside.read_bytes() == before

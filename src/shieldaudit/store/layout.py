@@ -239,16 +239,26 @@ def open_regular(
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise UnsafePathError(f"{shown} is not a regular file: remove it")
-    if single_link and st.st_nlink > 1:
-        os.close(fd)
+    if single_link:
+        try:
+            check_single_link(fd, shown)
+        except BaseException:
+            os.close(fd)
+            raise
+    os.set_blocking(fd, True)
+    return fd
+
+
+def check_single_link(fd: int, shown: Path | str) -> None:
+    """Refuse a file with other hard links: writing to it would change a file elsewhere."""
+    links = os.fstat(fd).st_nlink
+    if links > 1:
         raise UnsafePathError(
-            f"{shown} has {st.st_nlink} hard links, so writing to it would also change a file "
+            f"{shown} has {links} hard links, so writing to it would also change a file "
             f"outside the trail: find them with 'find / -xdev -samefile {shown}'; if it holds "
             f"this trail, give it its own copy ('cp -p {shown} {shown}.new && "
             f"mv {shown}.new {shown}'), else move it away",
         )
-    os.set_blocking(fd, True)
-    return fd
 
 
 def check_state(root_fd: int, root: Path) -> None:
