@@ -170,3 +170,22 @@ def test_follower_picks_up_a_root_created_after_it_started(tmp_path):
         assert follower.poll() == []
         write_trail(root, A, ["create", "start"])
         assert [i.entry["action"] for i in follower.poll()] == ["create", "start"]
+
+
+def test_a_refused_trail_is_warned_about_once_per_run(tmp_path):
+    """A trail refused for its mode is one ``Warning:`` line per command run, however often read.
+
+    Resolving a hex query reads every trail (as a prefix, then as a name) and
+    the command reads them again; the warning still appears once, and the other
+    trails are shown.
+    """
+    root = tmp_path / "root"
+    write_trail(root, A, ["create"], name="web")
+    write_trail(root, B, ["start"], name="abc")
+    (root / "containers" / A).chmod(0o770)
+    for args in (["tail", "-n", "2", "aaaa"], ["tail", "-n", "2", "abc"], ["tail", "-n", "2"]):
+        result = invoke(root, *args)
+        warnings = [line for line in result.err.splitlines() if line.startswith("Warning:")]
+        assert len(warnings) == 1, (args, result.err)
+        assert warnings[0].startswith(f"Warning: skipped {A[:12]}: ")
+        assert "writable by group or others (mode 0770)" in warnings[0]

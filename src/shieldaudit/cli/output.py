@@ -66,7 +66,15 @@ def quiet(command: Callable[P, R]) -> Callable[P, R]:
 
 
 def warn(trails: Trails) -> None:
-    """Print (once) the trails that had to be skipped, one ``Warning:`` line each on stderr."""
+    """Print the trails that had to be skipped, one ``Warning:`` line each on stderr.
+
+    Each warning is printed once per command run, however often the trail was
+    read (resolving a name reads it, then the command reads it again).
+    """
+    ctx = click.get_current_context(silent=True)
+    shown: set[str] = ctx.meta.setdefault("shieldaudit.warned", set()) if ctx else set()
     for problem in trails.problems:
-        click.echo(f"Warning: {problem}", err=True)
+        if problem not in shown:
+            shown.add(problem)
+            click.echo(f"Warning: {problem}", err=True)
     trails.problems.clear()
