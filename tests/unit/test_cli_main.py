@@ -76,3 +76,30 @@ def test_too_large_setting_in_the_config_file_names_it_and_the_file(tmp_path, ca
             "must be at most 1073741824 bytes (1GiB), got '99999999999999999999GiB'"
         )
     ]
+
+
+@pytest.mark.parametrize(
+    ("hooks_dir", "problem"),
+    [
+        ("file", "{path} is not a directory: give a directory (it is created if missing)"),
+        ("file/hooks.d", "{path} is below {base}/file, a file: give a directory"),
+        (" ", "is empty: give the hooks.d directory to write to"),
+        ("/proc/1/hooks.d", "{path}: this user cannot write /proc/1: run install-hooks as"),
+    ],
+)
+def test_unusable_hooks_dir_is_one_error_line_with_exit_2(tmp_path, capsys, hooks_dir, problem):
+    """install-hooks --hooks-dir naming a file, a path below one, nothing, or an unwritable place.
+
+    One 'Error:' line naming the option, exit 2, no usage block, and nothing
+    written anywhere (an empty value no longer means the current directory).
+    """
+    (tmp_path / "file").write_text("")
+    path = hooks_dir if hooks_dir.startswith("/") or not hooks_dir.strip() else tmp_path / hooks_dir
+    root = tmp_path / "root"
+    status = cli.run(["--root", str(root), "install-hooks", "--hooks-dir", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(err) == 1
+    assert err[0].startswith("Error: --hooks-dir ")
+    assert problem.format(path=path, base=tmp_path) in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

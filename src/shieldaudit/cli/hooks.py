@@ -17,7 +17,10 @@ from shieldaudit.ocistate import STAGES
 @click.command("install-hooks")
 @click.option(
     "--hooks-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    "hooks_dir_option",
+    # A plain string: _given_hooks_dir says what is wrong in one Error: line
+    # (click's Path type would print its usage block for a file).
+    metavar="DIRECTORY",
     default=None,
     show_default="the one Podman reads: the last directory of hooks_dir in containers.conf, "
     "else /usr/share/containers/oci/hooks.d",
@@ -47,7 +50,7 @@ from shieldaudit.ocistate import STAGES
 @click.pass_context
 def install_hooks_command(  # noqa: PLR0917 -- click passes one argument per option
     ctx: click.Context,
-    hooks_dir: Path | None,
+    hooks_dir_option: str | None,
     stages: tuple[str, ...],
     annotation: str | None,
     fail_closed: bool,
@@ -68,10 +71,11 @@ def install_hooks_command(  # noqa: PLR0917 -- click passes one argument per opt
     CONTAINERS_CONF_OVERRIDE, as Podman does), else Podman's built-in
     /usr/share/containers/oci/hooks.d. The last line says which and why.
     """
-    choice = None if hooks_dir is not None else hooksdir.resolve_host()
-    if choice is not None:
+    if hooks_dir_option is not None:
+        hooks_dir, choice = _given_hooks_dir(hooks_dir_option), None
+    else:
+        choice = hooksdir.resolve_host()
         hooks_dir = choice.directory
-    assert hooks_dir is not None  # noqa: S101 -- one of the two is set
     if uninstall:
         for path in hooksd.uninstall(hooks_dir):
             click.echo(f"removed {path}")
@@ -106,6 +110,31 @@ def install_hooks_command(  # noqa: PLR0917 -- click passes one argument per opt
         else f"the hooks directory Podman reads ({choice.reason})"
     )
     click.echo(f"installed {len(written)} hooks into {hooks_dir}, {where}")
+
+
+def _given_hooks_dir(text: str) -> Path:
+    """Check ``--hooks-dir`` before anything runs: a directory this user can write (or create).
+
+    Raises:
+        UsageError: empty, a file (or below one), or not writable (exit 2).
+    """
+    if not text.strip():
+        raise UsageError("--hooks-dir is empty: give the hooks.d directory to write to")
+    path = Path(text)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is not a directory" if existing == path else f"is below {existing}, a file"
+        raise UsageError(
+            f"--hooks-dir {path} {where}: give a directory (it is created if missing)",
+        )
+    if not os.access(existing, os.W_OK):
+        raise UsageError(
+            f"--hooks-dir {path}: this user cannot write {existing}: run install-hooks as "
+            "a user who can, or give a directory of your own",
+        )
+    return path
 
 
 def _check_writable(choice: hooksdir.HooksDirChoice) -> None:
