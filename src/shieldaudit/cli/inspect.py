@@ -29,7 +29,7 @@ from shieldaudit.fleet.check import is_fleet
 from shieldaudit.fleet.cli import each_node
 from shieldaudit.store import chain
 from shieldaudit.store.reader import TrailDir
-from shieldaudit.watch.reconcile import WATCHED, Audit, audit_entries
+from shieldaudit.watch.reconcile import WATCHED, Audit, Auditor
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -244,7 +244,7 @@ def show_command(
     unreadable = 0
     for container_id in ids:
         label = container_id[:12] if len(ids) > 1 else None
-        relevant: list[dict[str, object]] = []
+        auditor = Auditor()
         unreadable += _stream(
             root,
             container_id,
@@ -253,9 +253,9 @@ def show_command(
             colour=colour,
             exact=no_trunc,
             label=label,
-            relevant=relevant,
+            auditor=auditor,
         )
-        audit = audit_entries(relevant, now_us=time.time_ns() // 1000, grace_us=grace_us)
+        audit = auditor.audit(now_us=time.time_ns() // 1000, grace_us=grace_us)
         _audit_notes(audit, container_id)
         if not as_json:
             _state_line(root, container_id, label=label, colour=colour)
@@ -294,11 +294,11 @@ def _audit_notes(audit: Audit, container_id: str) -> None:
 def _keep_noting(
     entry: dict[str, object],
     keep: Callable[[dict[str, object]], bool],
-    relevant: list[dict[str, object]],
+    auditor: Auditor,
 ) -> bool:
-    """Apply ``show``'s filter; note the entries reconciliation needs, shown or not."""
+    """Apply ``show``'s filter; reconcile every entry, shown or not."""
     if (entry.get("source"), entry.get("action")) in _RECONCILED:
-        relevant.append(entry)
+        auditor.add(entry)
     return keep(entry)
 
 
@@ -326,11 +326,11 @@ def _stream(
     colour: bool,
     exact: bool,
     label: str | None,
-    relevant: list[dict[str, object]],
+    auditor: Auditor,
 ) -> int:
     """Print one trail's matching entries; return how many lines were not entries.
 
-    Every entry reconciliation looks at (matching or not) is added to ``relevant``.
+    Every entry (matching or not) goes to ``auditor``, which keeps none of them.
     """
     unreadable = 0
     binary = sys.stdout.buffer
@@ -357,7 +357,7 @@ def _stream(
                         if kind != INCOMPLETE or segment is not segments[-1]:
                             unreadable += 1
                         continue
-                    if not _keep_noting(entry, keep, relevant):
+                    if not _keep_noting(entry, keep, auditor):
                         continue
                     if as_json:
                         binary.write(line + b"\n")

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
 CREATE_RUNTIME: Final = 1
 POSTSTART: Final = 2
@@ -279,7 +279,7 @@ class Audit:
 
 
 def audit_entries(
-    entries: Iterable[dict[str, object]],
+    entries: Iterable[Mapping[str, object]],
     *,
     now_us: int,
     grace_us: int,
@@ -290,36 +290,59 @@ def audit_entries(
     ``floor_us`` is for a partial read: entries at or before it may be missing
     (``ls`` reads a trail's first and last entries only).
     """
-    ledger = Ledger(floor=floor_us)
-    inits: list[int] = []
+    auditor = Auditor(floor_us=floor_us)
     for entry in entries:
+        auditor.add(entry)
+    return auditor.audit(now_us=now_us, grace_us=grace_us)
+
+
+class Auditor:
+    """:func:`audit_entries` one entry at a time, keeping no entries.
+
+    ``show`` feeds it while it streams a trail, so its memory does not grow
+    with the number of entries (the ledger keeps at most :data:`MAX_HOOKS`
+    hook entries, and one tuple per start event not yet judged).
+    """
+
+    def __init__(self, *, floor_us: int = 0) -> None:
+        """Start with an empty ledger; hook entries up to ``floor_us`` may be missing."""
+        self._ledger = Ledger(floor=floor_us)
+        self._last_init = 0
+
+    def add(self, entry: Mapping[str, object]) -> None:
+        """Take one entry (any order); those reconciliation does not look at are ignored."""
         key = (entry.get("source"), entry.get("action"))
         seq = entry.get("seq")
         if key in WATCHED and type(seq) is int:
-            ledger.observe(key, entry.get("ts"), seq, entry.get("container"))
+            self._ledger.observe(key, entry.get("ts"), seq, entry.get("container"))
         elif key == ("events", "init"):
             us = ts_us(entry.get("ts"))
             if us is not None:
-                inits.append(us)
-    verdicts = ledger.judge(now_us, grace_us)
-    missing_events = sum(max(0, v.hook_runs - 1) for v in verdicts)
-    # Hook runs after the last start event: their start event is missing once the
-    # grace period is over, unless Podman reported an ``init`` after them (the
-    # container was initialised, not started: runc before 1.2 runs poststart on create).
-    # Hook runs at or before a start still in its grace period belong to that start.
-    after = ledger.pending[-1][0] if ledger.pending else 0
-    waiting = [
-        us
-        for us, kind in ledger.hooks
-        if kind == POSTSTART and us > after and us + grace_us <= now_us
-    ]
-    if waiting and max(inits, default=0) >= waiting[-1]:
-        waiting.pop()
-    missing_events += len(waiting)
-    return Audit(
-        starts=len(verdicts),
-        unaudited=tuple(v for v in verdicts if v.unaudited),
-        pending=len(ledger.pending),
-        unknown=sum(1 for v in verdicts if v.unknown),
-        events_missing=missing_events,
-    )
+                self._last_init = max(self._last_init, us)
+
+    def audit(self, *, now_us: int, grace_us: int) -> Audit:
+        """Judge what was added as the sidecar would at ``now_us``."""
+        ledger = self._ledger
+        verdicts = ledger.judge(now_us, grace_us)
+        missing_events = sum(max(0, v.hook_runs - 1) for v in verdicts)
+        # Hook runs after the last start event: their start event is missing once
+        # the grace period is over, unless Podman reported an ``init`` after them
+        # (the container was initialised, not started: runc before 1.2 runs
+        # poststart on create). Hook runs at or before a start still in its grace
+        # period belong to that start.
+        after = ledger.pending[-1][0] if ledger.pending else 0
+        waiting = [
+            us
+            for us, kind in ledger.hooks
+            if kind == POSTSTART and us > after and us + grace_us <= now_us
+        ]
+        if waiting and self._last_init >= waiting[-1]:
+            waiting.pop()
+        missing_events += len(waiting)
+        return Audit(
+            starts=len(verdicts),
+            unaudited=tuple(v for v in verdicts if v.unaudited),
+            pending=len(ledger.pending),
+            unknown=sum(1 for v in verdicts if v.unknown),
+            events_missing=missing_events,
+        )
