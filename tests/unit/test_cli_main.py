@@ -103,3 +103,34 @@ def test_unusable_hooks_dir_is_one_error_line_with_exit_2(tmp_path, capsys, hook
     assert err[0].startswith("Error: --hooks-dir ")
     assert problem.format(path=path, base=tmp_path) in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize(
+    ("given", "problem"),
+    [
+        ("", "--verification-key is empty: give the file to write the verification key to"),
+        ("file/verification", "--verification-key {base}/file/verification: {base}/file is not a"),
+        ("missing/verification", "{base}/missing is not a directory: give a file in an existing"),
+    ],
+)
+def test_unusable_verification_key_path_is_one_error_line_with_exit_2(
+    tmp_path, capsys, monkeypatch, given, problem
+):
+    """An empty --verification-key, one below a file or in no directory: one line, exit 2.
+
+    An empty value named the current directory ("already exists"); a path below
+    a file failed with exit 1 after the checks. Neither key is written.
+    """
+    (tmp_path / "file").write_text("")
+    key_file = tmp_path / "signing.key"
+    target = str(tmp_path / given) if given else ""
+    monkeypatch.setenv("SHIELDAUDIT_KEY_FILE", str(key_file))
+    status = cli.run(
+        ["--root", str(tmp_path / "root"), "keys", "init", "--verification-key", target]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(err) == 1
+    assert err[0].startswith("Error: ")
+    assert problem.format(base=tmp_path) in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -42,7 +42,16 @@ def init_command(ctx: click.Context, *, verification_key: str) -> None:
             "no key file is configured: set SHIELDAUDIT_KEY_FILE (or key_file in the config "
             "file) to where the signing key goes, for example /etc/shieldaudit/key",
         )
+    if not verification_key.strip():
+        raise UsageError(
+            "--verification-key is empty: give the file to write the verification key to"
+        )
     target = Path(verification_key).expanduser().absolute()
+    if not target.parent.is_dir():
+        raise UsageError(
+            f"--verification-key {target}: {target.parent} is not a directory: "
+            "give a file in an existing directory",
+        )
     for path, what in ((key_file, "the signing key"), (target, "the verification key")):
         if _inside(path, settings.root):
             raise UsageError(
