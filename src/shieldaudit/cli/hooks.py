@@ -18,8 +18,9 @@ from shieldaudit.ocistate import STAGES
 @click.option(
     "--hooks-dir",
     "hooks_dir_option",
-    # A plain string: _given_hooks_dir says what is wrong in one Error: line
-    # (click's Path type would print its usage block for a file).
+    # click.Path with no checks (it completes file names): _given_hooks_dir says
+    # what is wrong in one Error: line, where click's checks print a usage block.
+    type=click.Path(),
     metavar="DIRECTORY",
     default=None,
     show_default="the one Podman reads: the last directory of hooks_dir in containers.conf, "
