@@ -539,7 +539,9 @@ def test_entries_from_hostile_inputs_match_the_reference(tools):
         check_case(case, tools, stats)
 
     check()
-    assert stats["native"] > 4 * stats["handed over"], stats
+    # Deep nesting, huge integers and non-compact containers.json go to the
+    # reference by design; everything else must stay native.
+    assert stats["native"] > 2 * stats["handed over"], stats
 
 
 SHAPES = [
