@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/shieldaudit-base:test"
+#: The host hooks dir the Podman-host deployments mount (install-hooks default).
+PODMAN_HOOKS_DIR = "/usr/share/containers/oci/hooks.d"
 SIDECAR_IMAGE = "localhost/shieldaudit:test"
 DEADLINE_S = 60.0
 VENV_BIN = Path(sys.executable).parent
@@ -305,8 +307,14 @@ CONTAINER_ID = "c0ffee" * 10 + "c0de"
 EVENTS = "shieldaudit_events_total"
 
 
-def pod_yaml(root: Path, socket_path: Path, image: str, port: int, *args: str) -> dict:
-    """deploy/kube/pod.yaml with this test's image, port and host paths (nothing else changed)."""
+def pod_yaml(
+    root: Path, socket_path: Path, hooks_dir: Path, image: str, port: int, *args: str
+) -> dict:
+    """deploy/kube/pod.yaml with this test's image, port and host paths (nothing else changed).
+
+    The hooks dir is mounted at its host path, as in the file, so it is
+    swapped on both sides: the sidecar checks the paths install-hooks recorded.
+    """
     pod = yaml.safe_load((REPO / "deploy" / "kube" / "pod.yaml").read_text())
     (container,) = pod["spec"]["containers"]
     container["image"] = image
@@ -318,10 +326,13 @@ def pod_yaml(root: Path, socket_path: Path, image: str, port: int, *args: str) -
     host_paths = {
         "/var/lib/shieldaudit": root,
         "/run/podman/podman.sock": socket_path,
-        "/etc/containers/oci/hooks.d": root.parent / "host-hooks.d",
+        PODMAN_HOOKS_DIR: hooks_dir,
     }
     for volume in pod["spec"]["volumes"]:
         volume["hostPath"]["path"] = str(host_paths[volume["hostPath"]["path"]])
+    for mount in container["volumeMounts"]:
+        if mount["mountPath"] == PODMAN_HOOKS_DIR:
+            mount["mountPath"] = str(hooks_dir)
     return pod
 
 
@@ -341,7 +352,7 @@ def test_image_is_multi_stage_small_and_labelled(podman_env, sidecar_image):
     assert set(config["Volumes"]) == {
         "/var/lib/shieldaudit",
         "/run/podman",
-        "/etc/containers/oci/hooks.d",
+        PODMAN_HOOKS_DIR,
     }
     assert "9469/tcp" in config["ExposedPorts"]
     health = info.get("Healthcheck")
@@ -434,12 +445,24 @@ def test_kube_play_runs_the_pod_yaml(podman_env, podman_service, sidecar_image, 
     """`podman kube play deploy/kube/pod.yaml` runs the sidecar; it counts host-written entries.
 
     Only the image, the port and the host paths are changed for the test.
-    `kube play --down` removes the pod again.
+    install-hooks writes into the (private) hooks dir on the host first: the
+    pod sees those files and exports shieldaudit_hooks_installed 1, and 0 once
+    one of them is removed on the host. `kube play --down` removes the pod again.
     """
     root = trail_root(tmp_path)
+    hooks_dir = tmp_path / "host-hooks.d"
+    installed = subprocess.run(
+        [str(SHIELDAUDIT), "--root", str(root), "install-hooks", "--hooks-dir", str(hooks_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert installed.returncode == 0, installed.stderr
     port = free_port()
     spec = tmp_path / "pod.yaml"
-    spec.write_text(yaml.safe_dump(pod_yaml(root, podman_service.socket_path, sidecar_image, port)))
+    pod = pod_yaml(root, podman_service.socket_path, hooks_dir, sidecar_image, port)
+    spec.write_text(yaml.safe_dump(pod))
     podman_env.run("kube", "play", "--log-driver", "k8s-file", str(spec))
     try:
 
@@ -460,6 +483,19 @@ def test_kube_play_runs_the_pod_yaml(podman_env, podman_service, sidecar_image, 
         wait_for(
             lambda: sample(scrape(port), "shieldaudit_listener_connected") == 1.0,
             "the listener in the pod to connect",
+            logs,
+            alive,
+        )
+        wait_for(
+            lambda: sample(scrape(port), "shieldaudit_hooks_installed") == 1.0,
+            "the pod to see the hooks install-hooks wrote on the host",
+            logs,
+            alive,
+        )
+        next(hooks_dir.glob("shieldaudit-*.json")).unlink()
+        wait_for(
+            lambda: sample(scrape(port), "shieldaudit_hooks_installed") == 0.0,
+            "the pod to notice a hooks.d file removed on the host",
             logs,
             alive,
         )

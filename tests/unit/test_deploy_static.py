@@ -32,6 +32,9 @@ CONTAINERFILE = REPO / "Containerfile"
 TRAIL_ROOT = "/var/lib/shieldaudit"
 HOOKS_DIR = "/etc/containers/oci/hooks.d"
 BUILTIN_HOOKS_DIR = "/usr/share/containers/oci/hooks.d"
+#: Where install-hooks writes on a Podman host with the defaults, hence the
+#: directory the container deployments mount for the sidecar, at that same path.
+PODMAN_HOOKS_DIR = BUILTIN_HOOKS_DIR
 #: Every metric name the sidecar exports (docs/sidecar.md, "Metrics"); anything else is a typo.
 METRICS = {
     "shieldaudit_events_total",
@@ -182,7 +185,11 @@ def test_hooks_unit_installs_fail_open_into_the_hooks_dir():
 
 
 def test_quadlet_container_runs_the_image_with_what_the_sidecar_needs():
-    """The Quadlet unit names the image, mounts the root and the Podman socket, installs."""
+    """The Quadlet unit names the image, mounts the root, the socket and the hooks dir, installs.
+
+    The hooks dir is Podman's built-in one (where install-hooks writes by
+    default), read only and at its host path: the sidecar checks the recorded paths.
+    """
     quadlet = unit(DEPLOY / "quadlet" / "shieldaudit.container")
     container = quadlet["Container"]
     assert container["Image"].startswith("localhost/shieldaudit")
@@ -193,7 +200,8 @@ def test_quadlet_container_runs_the_image_with_what_the_sidecar_needs():
         if line.startswith("Volume=")
     ]
     targets = {v.split("=", 1)[1].split(":")[1] for v in volumes}
-    assert targets == {TRAIL_ROOT, "/run/podman/podman.sock", HOOKS_DIR}
+    assert targets == {TRAIL_ROOT, "/run/podman/podman.sock", PODMAN_HOOKS_DIR}
+    assert f"Volume={PODMAN_HOOKS_DIR}:{PODMAN_HOOKS_DIR}:ro" in volumes
     assert "WantedBy" in quadlet["Install"]
 
 
@@ -220,7 +228,7 @@ def test_containerfile_shape():
     for label in ("title", "description", "version", "licenses"):
         assert f"org.opencontainers.image.{label}=" in text
     volume = next(parts[1] for parts in instructions if parts[0] == "VOLUME")
-    assert set(json.loads(volume)) == {TRAIL_ROOT, "/run/podman", HOOKS_DIR}
+    assert set(json.loads(volume)) == {TRAIL_ROOT, "/run/podman", PODMAN_HOOKS_DIR}
     assert "/healthz" in next(parts[1] for parts in instructions if parts[0] == "HEALTHCHECK")
     assert keywords.count("EXPOSE") == 1
     assert ["ENTRYPOINT", '["shieldaudit"]'] in instructions
@@ -247,7 +255,11 @@ def env_of(container: dict) -> dict[str, str]:
 
 
 def test_pod_yaml_runs_the_sidecar_on_the_host_paths():
-    """pod.yaml: one sidecar container with the trail root and the Podman socket from the host."""
+    """pod.yaml: one sidecar with the trail root, the Podman socket and hooks dir from the host.
+
+    The hooks dir is the one install-hooks uses with Podman's defaults, read
+    only, at its host path.
+    """
     (pod,) = load_yaml(KUBE / "pod.yaml")
     assert (pod["apiVersion"], pod["kind"]) == ("v1", "Pod")
     spec, init, (sidecar,) = containers_of(pod)
@@ -256,8 +268,10 @@ def test_pod_yaml_runs_the_sidecar_on_the_host_paths():
     assert mounts(sidecar, spec) == {
         TRAIL_ROOT: TRAIL_ROOT,
         "/run/podman/podman.sock": "/run/podman/podman.sock",
-        HOOKS_DIR: HOOKS_DIR,  # read only: shieldaudit_hooks_installed
+        PODMAN_HOOKS_DIR: PODMAN_HOOKS_DIR,  # read only: shieldaudit_hooks_installed
     }
+    (hooks,) = (m for m in sidecar["volumeMounts"] if m["mountPath"] == PODMAN_HOOKS_DIR)
+    assert hooks["readOnly"] is True
     assert env_of(sidecar)["SHIELDAUDIT_ROOT"] == TRAIL_ROOT
     assert spec["hostNetwork"] is True
 
