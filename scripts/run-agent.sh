@@ -190,6 +190,12 @@ podman_pid=
 cleanup() {
     if [[ -n $podman_pid ]]; then
         kill "$podman_pid" 2>/dev/null || true
+        # Bounded: a service still draining connections gets 10 s, then SIGKILL.
+        for _ in $(seq 50); do
+            kill -0 "$podman_pid" 2>/dev/null || break
+            sleep 0.2
+        done
+        kill -KILL "$podman_pid" 2>/dev/null || true
         wait "$podman_pid" 2>/dev/null || true
     fi
 }
@@ -198,7 +204,11 @@ socket=${podman_url#unix://}
 if [[ $START_PODMAN == auto && $podman_url == unix://* && ! -S $socket ]] && command -v podman >/dev/null; then
     # `podman system service` does not create the socket's directory.
     mkdir -p "$(dirname "$socket")"
-    podman system service --time=0 "$podman_url" </dev/null >&2 &
+    # In a session of its own, so Ctrl-C reaches the sidecar first: Podman
+    # handles SIGINT even in a background job, and a service going down while
+    # the listener reconnects to it could hold the sidecar's shutdown. The
+    # service is stopped after the sidecar, by cleanup.
+    setsid podman system service --time=0 "$podman_url" </dev/null >&2 &
     podman_pid=$!
     say "started the Podman API service on $podman_url (pid $podman_pid)"
 fi
@@ -221,8 +231,15 @@ trap 'status=0; kill -TERM "$sidecar_pid" 2>/dev/null || true' INT
 trap 'status=143; kill -TERM "$sidecar_pid" 2>/dev/null || true' TERM
 result=0
 wait "$sidecar_pid" || result=$?
-# A signal interrupts `wait`; wait again for the sidecar to finish flushing.
+# A signal interrupts `wait`; poll until the sidecar has finished flushing,
+# bounded: after 30 s it is killed (its checkpoint is safe against SIGKILL).
+polls=0
 while kill -0 "$sidecar_pid" 2>/dev/null; do
-    wait "$sidecar_pid" || true
+    if ((++polls > 150)); then
+        say "the sidecar did not stop within 30 s; killing it"
+        kill -KILL "$sidecar_pid" 2>/dev/null || true
+    fi
+    sleep 0.2
 done
+wait "$sidecar_pid" 2>/dev/null || true
 exit "${status:-$result}"
