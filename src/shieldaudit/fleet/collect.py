@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Final
 from shieldaudit.errors import StorageError
 from shieldaudit.store import chain, layout, tailscan
 from shieldaudit.store.reader import iter_lines
+from shieldaudit.store.seals import SEALS_DIR, SEALS_FILE
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -51,8 +52,6 @@ if TYPE_CHECKING:
 #: Present in a central directory that ``collect`` writes: the CLI then treats it as a fleet.
 FLEET_MARKER: Final = ".shieldaudit-fleet"
 CONFLICTS_DIR: Final = "conflicts"
-SEALS_DIR: Final = "seals"
-SEALS_FILE: Final = "seals.jsonl"
 SEALS_STREAM: Final = "seals"
 COLLECT_STATE: Final = "collect"
 PENDING_SUFFIX: Final = ".pending.jsonl"
