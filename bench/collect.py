@@ -43,8 +43,8 @@ from rsyslog_harness import (
     node_config,
     wait_for,
 )
-from shieldaudit import hooksd
-from shieldaudit.settings import StoreSettings
+from shieldaudit.core.settings import StoreSettings
+from shieldaudit.hook import hooksd
 from shieldaudit.store.writer import TrailWriter
 
 SHIELDAUDIT = str(Path(hooksd.native_hook_path()).parent / "shieldaudit")

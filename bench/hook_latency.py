@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 
 from common import percentile
-from shieldaudit import hooksd
-from shieldaudit.settings import StoreSettings
+from shieldaudit.core.settings import StoreSettings
+from shieldaudit.hook import hooksd
 
 CID = "5bd24d866977baac3c85ba1e320820397ace6dde548d405706334aacd8f4139d"
 TARGET = 1.5

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from common import percentile, podman_env, teardown
-from shieldaudit.watch.inotify import IN_CLOSE_WRITE, IN_CREATE, IN_MODIFY, Inotify
+from shieldaudit.sidecar.watch.inotify import IN_CLOSE_WRITE, IN_CREATE, IN_MODIFY, Inotify
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/shieldaudit-test:latest"

@@ -6,7 +6,7 @@ Each server runs in its own process serving the sidecar's metrics registry:
 
 * ``old``: the thread-per-connection ``http.server`` the sidecar used before
   (kept here only, as the baseline), listen backlog 5, no timeouts;
-* ``new``: ``shieldaudit.server.serve`` (one asyncio thread, one render worker).
+* ``new``: ``shieldaudit.sidecar.http.serve`` (one asyncio thread, one render worker).
 
 For each: threads and RSS of the server process with N idle or half-sent
 connections open, how long a ``/healthz`` sent right after opening them
@@ -43,7 +43,7 @@ def registry():
     """Return a registry with the sidecar's metrics (every series at 0)."""
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
-    from shieldaudit.metrics import SidecarMetrics  # noqa: PLC0415
+    from shieldaudit.sidecar.metrics import SidecarMetrics  # noqa: PLC0415
 
     reg = CollectorRegistry()
     SidecarMetrics(reg)
@@ -79,7 +79,7 @@ def serve_old(port: int) -> None:
 
 def serve_new(port: int) -> None:
     """The sidecar's server as it is now."""
-    from shieldaudit.server import serve  # noqa: PLC0415
+    from shieldaudit.sidecar.http import serve  # noqa: PLC0415
 
     handle = serve(registry(), lambda: (True, "ready"), port=port, timeout=600)
     print("ready", flush=True)

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import shieldaudit
 from common import percentile, podman_env, teardown
-from shieldaudit import hooksd
+from shieldaudit.hook import hooksd
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/shieldaudit-test:latest"

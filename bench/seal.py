@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from shieldaudit.settings import StoreSettings
+from shieldaudit.core.settings import StoreSettings
 from shieldaudit.store import chain, fskey, layout, seals
 from shieldaudit.store.writer import TrailWriter
 

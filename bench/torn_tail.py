@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from shieldaudit import hooksd
-from shieldaudit.settings import StoreSettings
+from shieldaudit.core.settings import StoreSettings
+from shieldaudit.hook import hooksd
 from shieldaudit.store.writer import TrailWriter
 
 CID = "5bd24d866977baac3c85ba1e320820397ace6dde548d405706334aacd8f4139d"

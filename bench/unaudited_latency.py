@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 
 from common import percentile, podman_env, teardown
-from shieldaudit.watch.reconcile import ts_us
+from shieldaudit.store.reconcile import ts_us
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/shieldaudit-test:latest"

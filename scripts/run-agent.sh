@@ -76,8 +76,8 @@ esac
 # The effective settings, resolved exactly as the sidecar will resolve them
 # (option > environment > config file > default).
 settings=$("$python" - <<'PY'
-from shieldaudit.config import load_settings
-from shieldaudit.errors import ShieldAuditError
+from shieldaudit.core.config import load_settings
+from shieldaudit.core.errors import ShieldAuditError
 import sys
 try:
     s = load_settings()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from click.testing import CliRunner
 
 from shieldaudit.cli import run
-from shieldaudit.settings import StoreSettings
+from shieldaudit.core.settings import StoreSettings
 from shieldaudit.store.writer import TrailWriter
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def write_trail(
 
 
 def _ts(ns: int) -> str:
-    from shieldaudit.timefmt import format_ns  # noqa: PLC0415
+    from shieldaudit.core.timefmt import format_ns  # noqa: PLC0415
 
     return format_ns(ns)
 

@@ -13,7 +13,7 @@ import itertools
 import sys
 from pathlib import Path
 
-from shieldaudit.settings import StoreSettings
+from shieldaudit.core.settings import StoreSettings
 from shieldaudit.store import seals
 from shieldaudit.store.writer import TrailWriter
 

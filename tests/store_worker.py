@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from shieldaudit.settings import StoreSettings
+from shieldaudit.core.settings import StoreSettings
 from shieldaudit.store.writer import TrailWriter
 
 

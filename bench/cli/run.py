@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
+from shieldaudit.core.timefmt import format_ns
 from shieldaudit.store import chain, layout
-from shieldaudit.timefmt import format_ns
 
 BIN = Path(sys.executable).parent
 SHIELDAUDIT = str(BIN / "shieldaudit")

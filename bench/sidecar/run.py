@@ -30,7 +30,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from shieldaudit.settings import StoreSettings
+from shieldaudit.core.settings import StoreSettings
 from shieldaudit.store import chain
 from shieldaudit.store.writer import TrailWriter
 

@@ -521,7 +521,7 @@ fn append_inner(
     Ok(Outcome::Done)
 }
 
-/// RFC 3339 UTC with microseconds, as `shieldaudit.timefmt.format_ns`.
+/// RFC 3339 UTC with microseconds, as `shieldaudit.core.timefmt.format_ns`.
 pub fn format_ns(ns: u128) -> String {
     let secs = (ns / 1_000_000_000) as i64;
     let micros = (ns % 1_000_000_000) / 1000;

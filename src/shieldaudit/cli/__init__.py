@@ -2,7 +2,7 @@
 
 Subcommands live in their own modules and are imported only when invoked, so
 ``shieldaudit --version`` or ``verify`` never pay for podman-py or the exporter.
-Every :class:`~shieldaudit.errors.ShieldAuditError` is shown here, once, as one
+Every :class:`~shieldaudit.core.errors.ShieldAuditError` is shown here, once, as one
 ``Error: …`` line with its exit code; Ctrl-C exits quietly with 130 and a closed
 pipe (``| head``) ends the command silently.
 """
@@ -19,7 +19,7 @@ import click
 
 from shieldaudit import __version__
 from shieldaudit.cli.context import AppContext
-from shieldaudit.errors import ShieldAuditError
+from shieldaudit.core.errors import ShieldAuditError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

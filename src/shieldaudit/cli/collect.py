@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from shieldaudit.errors import UsageError
+from shieldaudit.core.errors import UsageError
 from shieldaudit.fleet.collect import Collector, Protocol, read_batches
 
 

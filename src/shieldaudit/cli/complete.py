@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 import click
 from click.shell_completion import CompletionItem, get_completion_class
 
-from shieldaudit.errors import ShieldAuditError
+from shieldaudit.core.errors import ShieldAuditError
 
 if TYPE_CHECKING:
     from shieldaudit.cli.trails import Trails

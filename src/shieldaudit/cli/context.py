@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import click
 
-    from shieldaudit.config import Settings
+    from shieldaudit.core.config import Settings
     from shieldaudit.store.chain import KeyRing
 
 
@@ -23,7 +23,7 @@ class AppContext:
     def settings(self, **options: object | None) -> Settings:
         """Return the validated settings; command options override everything else."""
         if self._settings is None or options:
-            from shieldaudit.config import load_settings  # noqa: PLC0415 -- pydantic is heavy
+            from shieldaudit.core.config import load_settings  # noqa: PLC0415 -- pydantic is heavy
 
             merged: dict[str, object | None] = {"root": self.root_option, **options}
             loaded = load_settings(merged, config_file=self.config_option)

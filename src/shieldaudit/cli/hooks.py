@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 
-from shieldaudit import hooksd, hooksdir
 from shieldaudit.cli.context import app
-from shieldaudit.errors import UsageError
-from shieldaudit.ocistate import STAGES
+from shieldaudit.core.errors import UsageError
+from shieldaudit.hook import hooksd, hooksdir
+from shieldaudit.hook.ocistate import STAGES
 
 
 @click.command("install-hooks")
@@ -156,7 +156,7 @@ def _check_writable(choice: hooksdir.HooksDirChoice) -> None:
 
 def _record(ctx: click.Context, hooks_dir: Path, written: list[Path]) -> None:
     """Note what this root's hooks.d files are, for ``shieldaudit_hooks_installed``."""
-    from shieldaudit import hookmanifest  # noqa: PLC0415 -- only when installing
+    from shieldaudit.store import manifest as hookmanifest  # noqa: PLC0415 -- only when installing
 
     root = app(ctx).settings().root
     if written or hookmanifest.manifest_path(root).exists():

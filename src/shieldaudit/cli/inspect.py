@@ -19,23 +19,23 @@ import click
 from shieldaudit.cli import render
 from shieldaudit.cli.complete import container_names
 from shieldaudit.cli.context import app
+from shieldaudit.cli.fleet import each_node
 from shieldaudit.cli.output import colour_wanted, quiet, warn
 from shieldaudit.cli.resolve import resolve_all
 from shieldaudit.cli.tail import tail_command
 from shieldaudit.cli.timeargs import parse_time, ts_bound
 from shieldaudit.cli.trails import COMPLETE, INCOMPLETE, Trails, stream_lines
-from shieldaudit.errors import ContainerNotFoundError, UsageError
+from shieldaudit.core.errors import ContainerNotFoundError, UsageError
 from shieldaudit.fleet.check import is_fleet
-from shieldaudit.fleet.cli import each_node
 from shieldaudit.store import chain
 from shieldaudit.store.reader import TrailDir
-from shieldaudit.watch.reconcile import WATCHED, Audit, Auditor
+from shieldaudit.store.reconcile import WATCHED, Audit, Auditor
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
 
-    from shieldaudit.summary import Summary
+    from shieldaudit.store.summary import Summary
 
 __all__ = ["ls_command", "show_command", "tail_command"]
 

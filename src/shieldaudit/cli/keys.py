@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from shieldaudit.cli.context import app
-from shieldaudit.errors import ShieldAuditError, UsageError
+from shieldaudit.core.errors import ShieldAuditError, UsageError
 from shieldaudit.store import fskey
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from shieldaudit.cli.context import app
-from shieldaudit.errors import ShieldAuditError
+from shieldaudit.core.errors import ShieldAuditError
 
 if TYPE_CHECKING:
     from shieldaudit.listener import Listener

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from shieldaudit.errors import ConfigError
-from shieldaudit.settings import SETTINGS_BY_NAME
+from shieldaudit.core.errors import ConfigError
+from shieldaudit.core.settings import SETTINGS_BY_NAME
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -34,13 +34,13 @@ from shieldaudit.cli.context import app
 from shieldaudit.cli.output import warn
 from shieldaudit.cli.timeargs import parse_age, ts_bound
 from shieldaudit.cli.trails import Trails
-from shieldaudit.errors import EXIT_FAILURE, LockTimeoutError, ShieldAuditError, StorageError
+from shieldaudit.core.errors import EXIT_FAILURE, LockTimeoutError, ShieldAuditError, StorageError
+from shieldaudit.core.timefmt import format_ns
 from shieldaudit.store import layout, pending, seals
-from shieldaudit.summary import ENDED
-from shieldaudit.timefmt import format_ns
+from shieldaudit.store.summary import ENDED
 
 if TYPE_CHECKING:
-    from shieldaudit.summary import Summary
+    from shieldaudit.store.summary import Summary
 
 #: A trail whose active segment changed this recently is left alone, whatever it says.
 SETTLE_S: Final = 10.0

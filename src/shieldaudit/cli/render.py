@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 import click
 
-from shieldaudit.timefmt import parse_ts
+from shieldaudit.core.timefmt import parse_ts
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Final
 
 from shieldaudit.cli.output import warn
 from shieldaudit.cli.trails import Trails
-from shieldaudit.errors import AmbiguousContainerError, ContainerNotFoundError, UsageError
+from shieldaudit.core.errors import AmbiguousContainerError, ContainerNotFoundError, UsageError
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from shieldaudit.summary import Summary
+    from shieldaudit.store.summary import Summary
 
 _HEX: Final = frozenset("0123456789abcdef")
 #: Candidates listed in an "ambiguous" message.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from shieldaudit.cli.context import app
-from shieldaudit.errors import EXIT_FAILURE
+from shieldaudit.core.errors import EXIT_FAILURE
 from shieldaudit.store import seals
 
 

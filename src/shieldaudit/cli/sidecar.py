@@ -14,14 +14,14 @@ from shieldaudit.cli.context import app
 from shieldaudit.cli.options import SettingFloat, SettingInt, setting_option
 
 if TYPE_CHECKING:
-    from shieldaudit.config import Settings
-    from shieldaudit.sidecar import ListenerHandle
+    from shieldaudit.core.config import Settings
+    from shieldaudit.sidecar.app import ListenerHandle
     from shieldaudit.store.chain import KeyRing
 
 
 def listener_factory(settings: Settings, keys: KeyRing) -> ListenerHandle:
     """Start the events listener in a thread of this process (imported only when used)."""
-    from shieldaudit.sidecar import start_listener  # noqa: PLC0415 -- podman-py is heavy
+    from shieldaudit.sidecar.app import start_listener  # noqa: PLC0415 -- podman-py is heavy
 
     return start_listener(settings, keys)
 
@@ -91,7 +91,7 @@ def sidecar_command(  # noqa: PLR0917 -- click passes one argument per option
     final checkpoint. Without a checkpoint it reads all history (unless
     --from-end).
     """
-    from shieldaudit.sidecar import (  # noqa: PLC0415 -- the exporter is heavy
+    from shieldaudit.sidecar.app import (  # noqa: PLC0415 -- the exporter is heavy
         Sidecar,
         line_emitter,
         run_until_signalled,

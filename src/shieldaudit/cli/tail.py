@@ -29,7 +29,7 @@ from shieldaudit.cli.context import app
 from shieldaudit.cli.output import colour_wanted, quiet, warn
 from shieldaudit.cli.resolve import resolve_container
 from shieldaudit.cli.trails import Trails, complete_end, segment_names, tail_lines
-from shieldaudit.errors import ShieldAuditError
+from shieldaudit.core.errors import ShieldAuditError
 from shieldaudit.store import chain, layout
 from shieldaudit.store.reader import iter_lines
 

@@ -12,8 +12,8 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from shieldaudit.errors import UsageError
-from shieldaudit.timefmt import parse_ts
+from shieldaudit.core.errors import UsageError
+from shieldaudit.core.timefmt import parse_ts
 
 #: Seconds per unit of a relative age.
 UNITS: Final[dict[str, int]] = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -17,11 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Self
 
-from shieldaudit.errors import ShieldAuditError, StorageError
+from shieldaudit.core import ids
+from shieldaudit.core.errors import ShieldAuditError, StorageError
 from shieldaudit.store import chain, layout
 from shieldaudit.store.reader import MAX_LINE_BYTES
-from shieldaudit.summary import Summary, summarise
-from shieldaudit.watch.reconcile import Audit, audit_entries, ts_us
+from shieldaudit.store.reconcile import Audit, audit_entries, ts_us
+from shieldaudit.store.summary import Summary, summarise
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -111,13 +112,13 @@ class Trails:
         """Return the container IDs with a trail directory, sorted."""
         if self.fd < 0:
             return []
-        return sorted(n for n in os.listdir(self.fd) if layout.is_container_id(n))  # noqa: PTH208 -- a descriptor
+        return sorted(n for n in os.listdir(self.fd) if ids.is_container_id(n))  # noqa: PTH208 -- a descriptor
 
     def open_dir(self, container_id: str) -> int:
         """Open one trail directory (no symlinks); raise FileNotFoundError when gone."""
         if self.fd < 0:
             raise FileNotFoundError(container_id)
-        if layout.is_container_id(container_id):
+        if ids.is_container_id(container_id):
             # Fast path (ls reads thousands): the same open and checks as open_subdir,
             # no Path built.
             try:
@@ -133,7 +134,7 @@ class Trails:
                 return fd
         return layout.open_subdir(
             self.fd,
-            layout.check_container_id(container_id),
+            ids.check_container_id(container_id),
             layout.trail_dir(self.root, container_id),
             create=False,
         )

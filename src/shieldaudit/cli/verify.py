@@ -11,12 +11,17 @@ import click
 
 from shieldaudit.cli.complete import container_names
 from shieldaudit.cli.context import app
+from shieldaudit.cli.fleet import conflict_reports, fleet_verify
 from shieldaudit.cli.output import quiet
 from shieldaudit.cli.resolve import resolve_container
 from shieldaudit.cli.trails import Trails
-from shieldaudit.errors import EXIT_FAILURE, ConfigError, ContainerNotFoundError, ShieldAuditError
+from shieldaudit.core.errors import (
+    EXIT_FAILURE,
+    ConfigError,
+    ContainerNotFoundError,
+    ShieldAuditError,
+)
 from shieldaudit.fleet import check as fleet_check
-from shieldaudit.fleet.cli import conflict_reports, fleet_verify
 from shieldaudit.store import chain, fskey, layout, seals
 from shieldaudit.store.verify import Report, verify_container
 

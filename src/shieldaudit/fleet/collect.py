@@ -40,7 +40,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from shieldaudit.errors import StorageError
+from shieldaudit.core import ids
+from shieldaudit.core.errors import StorageError
 from shieldaudit.store import chain, layout, tailscan
 from shieldaudit.store.reader import iter_lines
 from shieldaudit.store.seals import SEALS_DIR, SEALS_FILE
@@ -142,7 +143,7 @@ def _stream_of(path: str) -> tuple[str, str]:
         return SEALS_STREAM, SEALS_FILE
     if len(parts) >= 4 and parts[-3] == layout.CONTAINERS_DIR:
         container_id, name = parts[-2], parts[-1]
-        if layout.is_container_id(container_id) and (
+        if ids.is_container_id(container_id) and (
             name == layout.ACTIVE or layout.segment_number(name) is not None
         ):
             return container_id, name

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from shieldaudit.errors import ContainerNotFoundError, StorageError
+from shieldaudit.core.errors import ContainerNotFoundError, StorageError
 from shieldaudit.listener.events import EVENT_TIME_KEY, SOURCE, EventKey
 from shieldaudit.store import chain, layout
 from shieldaudit.store.reader import TrailDir

@@ -19,8 +19,8 @@ import json
 from dataclasses import dataclass
 from typing import Final
 
-from shieldaudit.store.layout import is_container_id
-from shieldaudit.timefmt import format_ns
+from shieldaudit.core.ids import is_container_id
+from shieldaudit.core.timefmt import format_ns
 
 SOURCE: Final = "events"
 #: Extra entry key holding the event's own time in ns: half of the dedup key.

@@ -17,8 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from shieldaudit import instance
-from shieldaudit.errors import (
+from shieldaudit.core.errors import (
     InvalidContainerIdError,
     LockTimeoutError,
     ShieldAuditError,
@@ -28,6 +27,7 @@ from shieldaudit.errors import (
 from shieldaudit.listener.cursor import Cursor, CursorStore, Seen, recent_event_keys
 from shieldaudit.listener.events import Mapped, Skipped, decode_line, map_event
 from shieldaudit.listener.source import EventSource, EventStream, SourceLost, SourceUnavailable
+from shieldaudit.store import instance
 
 if TYPE_CHECKING:
     from collections.abc import Callable

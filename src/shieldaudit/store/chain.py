@@ -24,14 +24,14 @@ import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from shieldaudit.errors import ConfigError
+from shieldaudit.core.errors import ConfigError
 from shieldaudit.store import fskey
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
 
-    from shieldaudit.settings import StoreSettings
+    from shieldaudit.core.settings import StoreSettings
 
 GENESIS: Final = "0" * 64
 ALG_PLAIN: Final = "sha256"

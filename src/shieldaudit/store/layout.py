@@ -22,12 +22,12 @@ import stat
 import time
 from typing import TYPE_CHECKING, Final, Self
 
-from shieldaudit.errors import (
-    InvalidContainerIdError,
+from shieldaudit.core.errors import (
     LockTimeoutError,
     StorageError,
     UnsafePathError,
 )
+from shieldaudit.core.ids import check_container_id
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -44,21 +44,7 @@ HOOK_ERRORS_FILE: Final = "hook-errors.jsonl"
 DIR_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
 LOCK_TIMEOUT_S: Final = 2.0
-_HEX: Final = frozenset("0123456789abcdef")
-_ID_LEN: Final = 64
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def is_container_id(value: str) -> bool:
-    """Return whether ``value`` is a runtime's full container ID (64 lower-case hex)."""
-    return len(value) == _ID_LEN and _HEX.issuperset(value)
-
-
-def check_container_id(value: str) -> str:
-    """Return ``value`` if it is a full container ID, else raise InvalidContainerIdError."""
-    if not isinstance(value, str) or not is_container_id(value):
-        raise InvalidContainerIdError(str(value))
-    return value
 
 
 def segment_name(number: int) -> str:

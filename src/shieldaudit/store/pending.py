@@ -33,7 +33,8 @@ import json
 import os
 from typing import TYPE_CHECKING, Final, Self
 
-from shieldaudit.errors import LockTimeoutError, StorageError
+from shieldaudit.core import ids
+from shieldaudit.core.errors import LockTimeoutError, StorageError
 from shieldaudit.store import layout
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ def read_records(fd: int) -> list[dict[str, object]]:
             value = json.loads(line)
         except ValueError:
             continue
-        if isinstance(value, dict) and layout.is_container_id(str(value.get("container_id"))):
+        if isinstance(value, dict) and ids.is_container_id(str(value.get("container_id"))):
             records.append(value)
     return records
 

@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Self
 
-from shieldaudit.errors import ContainerNotFoundError, StorageError
+from shieldaudit.core import ids
+from shieldaudit.core.errors import ContainerNotFoundError, StorageError
 from shieldaudit.store import chain, layout
 from shieldaudit.store.tailscan import complete_end, reverse_lines
 
@@ -73,7 +74,7 @@ def list_container_ids(root: Path) -> list[str]:
         return []
     except OSError as exc:
         raise StorageError(f"cannot list {layout.containers_path(root)}: {exc.strerror}") from None
-    return sorted(name for name in names if layout.is_container_id(name))
+    return sorted(name for name in names if ids.is_container_id(name))
 
 
 class TrailDir:
@@ -82,7 +83,7 @@ class TrailDir:
     def __init__(self, root: Path, container_id: str) -> None:
         """Open ``<root>/containers/<id>`` without following symlinks below the root."""
         self.root = root
-        self.container_id = layout.check_container_id(container_id)
+        self.container_id = ids.check_container_id(container_id)
         self.path = layout.trail_dir(root, container_id)
         self.root_fd = layout.open_root(root, create=False)
         try:

@@ -42,15 +42,16 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, NamedTuple
 
-from shieldaudit.errors import StorageError, UnsafePathError
+from shieldaudit.core import ids
+from shieldaudit.core.errors import StorageError, UnsafePathError
+from shieldaudit.core.timefmt import format_ns
 from shieldaudit.store import chain, fskey, layout, pending, tailscan
-from shieldaudit.timefmt import format_ns
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
     from pathlib import Path
 
-    from shieldaudit.settings import StoreSettings
+    from shieldaudit.core.settings import StoreSettings
 
 SEALS_DIR: Final = "seals"
 SEALS_FILE: Final = "seals.jsonl"
@@ -426,7 +427,7 @@ def read_heads(root_fd: int, root: Path) -> dict[str, Head]:
     heads: dict[str, Head] = {}
     try:
         for cid in os.listdir(containers_fd):
-            if not layout.is_container_id(cid):
+            if not ids.is_container_id(cid):
                 continue
             try:
                 heads[cid] = trail_head(containers_fd, cid, root)

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from shieldaudit.errors import LockTimeoutError
+from shieldaudit.core.errors import LockTimeoutError
 from shieldaudit.store import chain, layout
 from shieldaudit.store.reader import Record, Segment, TrailDir
 

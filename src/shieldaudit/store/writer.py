@@ -19,15 +19,16 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Self
 
-from shieldaudit.errors import StorageError
+from shieldaudit.core import ids
+from shieldaudit.core.errors import StorageError
+from shieldaudit.core.timefmt import format_ns
 from shieldaudit.store import chain, layout, pending, tailscan
-from shieldaudit.timefmt import format_ns
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
     from pathlib import Path
 
-    from shieldaudit.settings import StoreSettings
+    from shieldaudit.core.settings import StoreSettings
 
 #: Largest entry a writer accepts; readers refuse lines over 1 MiB.
 MAX_ENTRY_BYTES: Final = 256 * 1024
@@ -177,7 +178,7 @@ class TrailWriter:
         asks for more); when it returns True nothing is written (a torn tail
         is left for the next writer too) and None is returned.
         """
-        layout.check_container_id(container_id)
+        ids.check_container_id(container_id)
         self._open()
         if self._keys.series is None:
             return self._append_once(container_id, fields, skip)

@@ -1,0 +1,453 @@
+"""Settings: the table of every setting, where values come from, and how each is parsed.
+
+Precedence (docs/configuration.md): command-line option > environment > TOML file > default.
+This module is standard library only because the hook's Python reference path
+loads it; :mod:`shieldaudit.core.config` wraps the same table in a
+pydantic model for the CLI, so both parse every value with the same functions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from shieldaudit.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+DEFAULT_CONFIG_FILE: Final = Path("/etc/shieldaudit/config.toml")
+DEFAULT_MAX_SEGMENT_BYTES: Final = 10 * 1024 * 1024
+DEFAULT_KEEP_SEGMENTS: Final = 20
+MIN_SEGMENT_BYTES: Final = 256
+#: Upper bounds: a value past them is a typo or an attack, never a plan.
+MAX_SEGMENT_BYTES: Final = 1024**3
+MAX_KEEP_SEGMENTS: Final = 100_000
+MAX_POLL_INTERVAL: Final = 3600.0
+_SIZE_UNITS: Final = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+
+
+def parse_size(value: object) -> int:
+    """Parse a segment size: an integer or a string like ``10MiB``, ``512k``, ``4096``.
+
+    From :data:`MIN_SEGMENT_BYTES` to :data:`MAX_SEGMENT_BYTES` (1 GiB).
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a byte size such as 10MiB, not a boolean")
+    if isinstance(value, int):
+        number = value
+    else:
+        text = str(value).strip().lower().replace("_", "")
+        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz ")
+        unit = text[len(digits) :].strip()
+        if not digits.isdigit() or not digits.isascii() or unit not in _SIZE_UNITS:
+            raise ValueError(
+                f"expected a byte size such as 10MiB or 1048576, got {_shown(value)}",
+            )
+        # Past 30 digits it is too large anyway: do not convert a hostile huge string.
+        number = int(digits) * _SIZE_UNITS[unit] if len(digits) <= 30 else MAX_SEGMENT_BYTES + 1
+    if number < MIN_SEGMENT_BYTES:
+        raise ValueError(f"must be at least {MIN_SEGMENT_BYTES} bytes, got {number}")
+    if number > MAX_SEGMENT_BYTES:
+        raise ValueError(
+            f"must be at most {MAX_SEGMENT_BYTES} bytes (1GiB), got {_shown(value)}",
+        )
+    return number
+
+
+def _shown(value: object) -> str:
+    """Return a value for an error message, cut so a hostile one stays one short line."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def parse_count(value: object) -> int:
+    """Parse a non-negative integer (0 has the meaning the setting gives it)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number, not a boolean")
+    try:
+        number = value if isinstance(value, int) else int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"expected a whole number >= 0, got {_shown(value)}") from None
+    if number < 0:
+        raise ValueError(f"expected a whole number >= 0, got {number}")
+    return number
+
+
+def parse_keep(value: object) -> int:
+    """Parse the sealed segments to keep: 0 (keep all) to :data:`MAX_KEEP_SEGMENTS`."""
+    number = parse_count(value)
+    if number > MAX_KEEP_SEGMENTS:
+        raise ValueError(
+            f"expected a whole number from 0 to {MAX_KEEP_SEGMENTS}, got {_shown(number)}",
+        )
+    return number
+
+
+def parse_fsync(value: object) -> str:
+    """Parse the fsync policy: ``always`` or ``never``."""
+    text = str(value).strip().lower()
+    if text not in {"always", "never"}:
+        raise ValueError(f"expected 'always' or 'never', got {value!r}")
+    return text
+
+
+def parse_bool(value: object) -> bool:
+    """Parse a boolean: 1/0, true/false, yes/no, on/off."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"expected true or false (1/0, yes/no), got {value!r}")
+
+
+def env_fail_closed(environ: Mapping[str, str]) -> bool:
+    """Return whether ``SHIELDAUDIT_FAIL_CLOSED`` asks for fail-closed.
+
+    Used when the settings themselves cannot be loaded (the hook's failure
+    path): a value that is set but not a recognised "false" counts as a request
+    to fail closed.
+    """
+    return environ.get("SHIELDAUDIT_FAIL_CLOSED", "").strip().lower() not in _FALSE
+
+
+def parse_path(value: object) -> Path:
+    """Parse a path; it must be absolute so hooks run from any directory agree on it."""
+    text = str(value).strip()
+    if not text:
+        raise ValueError("expected a path, got an empty value")
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        raise ValueError(f"expected an absolute path, got {text!r}")
+    return path
+
+
+def parse_optional_path(value: object) -> Path | None:
+    """Parse a path, or an empty value meaning "not set"."""
+    if value is None or str(value).strip() == "":
+        return None
+    return parse_path(value)
+
+
+def parse_port(value: object) -> int:
+    """Parse a TCP port (0 lets the kernel choose, as tests do)."""
+    number = parse_count(value)
+    if number > 65535:
+        raise ValueError(f"expected a port from 0 to 65535, got {number}")
+    return number
+
+
+def parse_text(value: object) -> str:
+    """Parse a non-empty string."""
+    text = str(value).strip()
+    if not text:
+        raise ValueError("expected a non-empty value")
+    return text
+
+
+def parse_interval(value: object) -> float:
+    """Parse a positive number of seconds, at most :data:`MAX_POLL_INTERVAL` (an hour)."""
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {_shown(value)}") from None
+    if not 0 < number <= MAX_POLL_INTERVAL:  # also refuses nan and inf
+        raise ValueError(
+            f"expected a number of seconds above 0 and at most {MAX_POLL_INTERVAL:g}, "
+            f"got {_shown(value)}",
+        )
+    return number
+
+
+def parse_grace(value: object) -> float:
+    """Parse a grace period: seconds from 0 to one hour."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds, not a boolean")
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    if not 0 <= number <= 3600:
+        raise ValueError(f"expected a number of seconds from 0 to 3600, got {value!r}")
+    return number
+
+
+_DURATION_UNITS: Final = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+#: Longest seal interval: a week (the stale-seal alert fires long before).
+MAX_SEAL_INTERVAL: Final = 7 * 86400.0
+
+
+def parse_seal_interval(value: object) -> float:
+    """Parse the seal interval: seconds or ``30s``/``10m``/``1h``/``1d``; 0 turns sealing off."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 1h or 0, not a boolean")
+    text = str(value).strip().lower()
+    unit = text[-1:] if text[-1:] in _DURATION_UNITS else ""
+    try:
+        number = float(text[: len(text) - len(unit)]) * _DURATION_UNITS[unit]
+    except ValueError:
+        raise ValueError(
+            f"expected a duration such as 1h, 10m or 30s (0 turns sealing off), got {_shown(value)}"
+        ) from None
+    if number != 0 and not 1 <= number <= MAX_SEAL_INTERVAL:  # also refuses nan and inf
+        raise ValueError(
+            f"expected 0 (off) or a duration from 1s to 7d, got {_shown(value)}",
+        )
+    return number
+
+
+def default_root(uid: int | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """Return the default trail root: system-wide for root, XDG state dir otherwise."""
+    uid = os.geteuid() if uid is None else uid
+    env = os.environ if environ is None else environ
+    if uid == 0:
+        return Path("/var/lib/shieldaudit")
+    state = env.get("XDG_STATE_HOME") or ""
+    base = Path(state) if state and Path(state).is_absolute() else Path.home() / ".local/state"
+    return base / "shieldaudit"
+
+
+def default_podman_url(uid: int | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """Return the Podman socket for the current user (root: the system socket)."""
+    uid = os.geteuid() if uid is None else uid
+    env = os.environ if environ is None else environ
+    if uid == 0:
+        return "unix:///run/podman/podman.sock"
+    runtime = env.get("XDG_RUNTIME_DIR") or f"/run/user/{uid}"
+    return f"unix://{runtime}/podman/podman.sock"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting: its name (TOML key), environment variable, parser and default."""
+
+    name: str
+    env: str
+    parse: Callable[[object], object]
+    default: Callable[[], object]
+    help: str
+
+
+SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting("root", "SHIELDAUDIT_ROOT", parse_path, default_root, "trail root directory"),
+    Setting(
+        "max_segment_bytes",
+        "SHIELDAUDIT_MAX_SEGMENT_BYTES",
+        parse_size,
+        lambda: DEFAULT_MAX_SEGMENT_BYTES,
+        "size at which audit.jsonl is sealed and a new segment starts",
+    ),
+    Setting(
+        "keep_segments",
+        "SHIELDAUDIT_KEEP_SEGMENTS",
+        parse_keep,
+        lambda: DEFAULT_KEEP_SEGMENTS,
+        "sealed segments kept per container (0 keeps all)",
+    ),
+    Setting("fsync", "SHIELDAUDIT_FSYNC", parse_fsync, lambda: "always", "always or never"),
+    Setting(
+        "key_file",
+        "SHIELDAUDIT_KEY_FILE",
+        parse_optional_path,
+        lambda: None,
+        "HMAC key file (first line signs; every line verifies)",
+    ),
+    Setting(
+        "fail_closed",
+        "SHIELDAUDIT_FAIL_CLOSED",
+        parse_bool,
+        lambda: False,
+        "hook exits 1 when it cannot record",
+    ),
+    Setting(
+        "metrics_addr",
+        "SHIELDAUDIT_METRICS_ADDR",
+        parse_text,
+        lambda: "127.0.0.1",
+        "sidecar metrics listen address",
+    ),
+    Setting(
+        "metrics_port",
+        "SHIELDAUDIT_METRICS_PORT",
+        parse_port,
+        lambda: 9469,
+        "sidecar metrics port",
+    ),
+    Setting(
+        "podman_url",
+        "SHIELDAUDIT_PODMAN_URL",
+        parse_text,
+        default_podman_url,
+        "Podman service URL for the events listener",
+    ),
+    Setting(
+        "poll_interval",
+        "SHIELDAUDIT_POLL_INTERVAL",
+        parse_interval,
+        lambda: 1.0,
+        "sidecar polling interval when inotify is unavailable",
+    ),
+    Setting(
+        "unaudited_grace",
+        "SHIELDAUDIT_UNAUDITED_GRACE",
+        parse_grace,
+        lambda: 5.0,
+        "seconds a container start may wait for its hook entries before it counts as unaudited",
+    ),
+    Setting(
+        "seal_interval",
+        "SHIELDAUDIT_SEAL_INTERVAL",
+        parse_seal_interval,
+        lambda: 3600.0,
+        "how often the sidecar seals every trail's head (1h; 0 turns it off)",
+    ),
+    Setting(
+        "http_timeout",
+        "SHIELDAUDIT_HTTP_TIMEOUT",
+        parse_interval,
+        lambda: 5.0,
+        "seconds an HTTP client of the sidecar has to send its request",
+    ),
+)
+SETTINGS_BY_NAME: Final = {s.name: s for s in SETTINGS}
+CONFIG_ENV: Final = "SHIELDAUDIT_CONFIG"
+
+
+@dataclass(frozen=True, slots=True)
+class RawValue:
+    """A value before parsing and where it came from (for error messages)."""
+
+    value: object
+    source: str
+
+
+def config_path(option: str | Path | None, environ: Mapping[str, str]) -> tuple[Path, bool]:
+    """Return the config file to read and whether it was asked for explicitly.
+
+    An explicitly named file must exist; the default one is read only if present.
+    """
+    if option is not None and str(option) != "":
+        return Path(option), True
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV]), True
+    return DEFAULT_CONFIG_FILE, False
+
+
+def read_config_file(path: Path | None, *, required: bool) -> dict[str, object]:
+    """Read the TOML config file; unknown keys and syntax errors are one clear error."""
+    if path is None:
+        return {}
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError("config", str(path), "file not found") from None
+        return {}
+    except IsADirectoryError:
+        raise ConfigError(
+            "config", str(path), "is a directory: give the path of a TOML file"
+        ) from None
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+        raise ConfigError("config", str(path), f"cannot read it: {problem}") from None
+    import tomllib  # noqa: PLC0415 -- only paid for when a config file exists
+
+    try:
+        table = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("config", str(path), f"not valid TOML: {exc}") from None
+    unknown = sorted(set(table) - set(SETTINGS_BY_NAME))
+    if unknown:
+        known = ", ".join(SETTINGS_BY_NAME)
+        raise ConfigError(unknown[0], str(path), f"unknown setting; known settings: {known}")
+    return table
+
+
+def collect(
+    options: Mapping[str, object | None],
+    environ: Mapping[str, str],
+    file_values: Mapping[str, object],
+    file_name: str = "config file",
+) -> dict[str, RawValue]:
+    """Merge the sources by precedence; values are still unparsed."""
+    merged: dict[str, RawValue] = {}
+    for setting in SETTINGS:
+        option = options.get(setting.name)
+        if option is not None:
+            merged[setting.name] = RawValue(option, f"option --{setting.name.replace('_', '-')}")
+        elif setting.env in environ:
+            merged[setting.name] = RawValue(environ[setting.env], setting.env)
+        elif setting.name in file_values:
+            merged[setting.name] = RawValue(
+                file_values[setting.name], f"{file_name} key {setting.name}"
+            )
+    return merged
+
+
+def parse_one(name: str, raw: RawValue | None) -> object:
+    """Parse one setting, or return its default; a bad value raises ConfigError."""
+    setting = SETTINGS_BY_NAME[name]
+    if raw is None:
+        return setting.default()
+    try:
+        return setting.parse(raw.value)
+    except ValueError as exc:
+        raise ConfigError(name, raw.source, str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """What a trail writer needs; built without pydantic for the hook's start path."""
+
+    root: Path
+    max_segment_bytes: int = DEFAULT_MAX_SEGMENT_BYTES
+    keep_segments: int = DEFAULT_KEEP_SEGMENTS
+    fsync: str = "always"
+    key_file: Path | None = None
+    fail_closed: bool = False
+    #: Where ``key_file`` came from, for the error a bad key file gives.
+    key_file_source: str = "settings"
+
+
+def load_store_settings(
+    environ: Mapping[str, str],
+    options: Mapping[str, object | None] | None = None,
+    config_option: str | Path | None = None,
+) -> StoreSettings:
+    """Load the writer settings from options, environment, config file and defaults."""
+    path, required = config_path(config_option, environ)
+    file_values = read_config_file(path, required=required) if required or path.exists() else {}
+    raw = collect(options or {}, environ, file_values, str(path))
+    root = parse_one("root", raw.get("root"))
+    max_bytes = parse_one("max_segment_bytes", raw.get("max_segment_bytes"))
+    keep = parse_one("keep_segments", raw.get("keep_segments"))
+    fsync = parse_one("fsync", raw.get("fsync"))
+    key_file = parse_one("key_file", raw.get("key_file"))
+    fail_closed = parse_one("fail_closed", raw.get("fail_closed"))
+    assert isinstance(root, Path)  # noqa: S101 -- the parsers above guarantee these types
+    assert isinstance(max_bytes, int)  # noqa: S101
+    assert isinstance(keep, int)  # noqa: S101
+    assert isinstance(fsync, str)  # noqa: S101
+    assert key_file is None or isinstance(key_file, Path)  # noqa: S101
+    assert isinstance(fail_closed, bool)  # noqa: S101
+    key_source = raw["key_file"].source if "key_file" in raw else "default"
+    return StoreSettings(root, max_bytes, keep, fsync, key_file, fail_closed, key_source)

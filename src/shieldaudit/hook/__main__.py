@@ -1,0 +1,5 @@
+"""``python -I -B -m shieldaudit.hook STAGE [--fail-closed]``: the reference hook."""
+
+from shieldaudit.hook.run import main
+
+main()
