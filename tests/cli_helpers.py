@@ -25,6 +25,12 @@ def cid(char: str) -> str:
     return char * 64
 
 
+#: The containers of :func:`three_containers`: 'web' twice over time, then 'db'.
+WEB_OLD = cid("a")
+WEB_NEW = cid("b")
+DB = cid("c")
+
+
 def store(root: Path, **overrides: object) -> StoreSettings:
     """Store settings for tests (fsync off; overrides win)."""
     values: dict[str, object] = {"root": root, "fsync": "never", "max_segment_bytes": 1 << 20}
@@ -52,6 +58,52 @@ def write_trail(
             writer.append(container_id, fields | {"ts": _ts(clock_ns)})
             clock_ns += step_ns
     return clock_ns
+
+
+def three_containers(root: Path) -> Path:
+    """A root with three containers: 'web' used twice over time, and 'db' still running."""
+    write_trail(
+        root,
+        WEB_OLD,
+        ["create", "init", "start", "died", "remove"],
+        name="web",
+        image="img:1",
+        start_ns=T0,
+    )
+    write_trail(root, DB, ["create", "start"], name="db", image="pg:16", start_ns=T0 + 20 * SECOND)
+    write_trail(
+        root,
+        WEB_NEW,
+        ["create", "start", "died"],
+        name="web",
+        image="img:2",
+        start_ns=T0 + 100 * SECOND,
+    )
+    return root
+
+
+def podman_run(
+    root: Path, container_id: str, start_ns: int, *, hooks: bool = True, name: str = "app"
+) -> int:
+    """One container run as Podman 4.3 with runc 1.1 writes it: hook entries, then events."""
+    if hooks:
+        start_ns = write_trail(
+            root,
+            container_id,
+            ["createRuntime", "poststart"],
+            name=name,
+            source="hook",
+            start_ns=start_ns,
+            step_ns=SECOND // 100,
+        )
+    return write_trail(
+        root,
+        container_id,
+        ["init", "start", "died"],
+        name=name,
+        start_ns=start_ns,
+        step_ns=SECOND // 100,
+    )
 
 
 def _ts(ns: int) -> str:

@@ -26,17 +26,17 @@ if TYPE_CHECKING:
 
 #: name -> (module, attribute): imported on first use.
 COMMANDS: Final[dict[str, tuple[str, str]]] = {
-    "ls": ("shieldaudit.cli.inspect", "ls_command"),
-    "show": ("shieldaudit.cli.inspect", "show_command"),
-    "tail": ("shieldaudit.cli.inspect", "tail_command"),
+    "ls": ("shieldaudit.cli.ls", "ls_command"),
+    "show": ("shieldaudit.cli.show", "show_command"),
+    "tail": ("shieldaudit.cli.tail", "tail_command"),
     "verify": ("shieldaudit.cli.verify", "verify_command"),
     "prune": ("shieldaudit.cli.prune", "prune_command"),
     "seal": ("shieldaudit.cli.seal", "seal_command"),
     "keys": ("shieldaudit.cli.keys", "keys_command"),
-    "install-hooks": ("shieldaudit.cli.hooks", "install_hooks_command"),
+    "install-hooks": ("shieldaudit.cli.install_hooks", "install_hooks_command"),
     "listen": ("shieldaudit.cli.listen", "listen_command"),
     "sidecar": ("shieldaudit.cli.sidecar", "sidecar_command"),
-    "completion": ("shieldaudit.cli.complete", "completion_command"),
+    "completion": ("shieldaudit.cli.completion", "completion_command"),
     "collect": ("shieldaudit.cli.collect", "collect_command"),
 }
 

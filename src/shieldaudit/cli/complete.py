@@ -1,6 +1,6 @@
-"""Shell completion: ``shieldaudit completion SHELL`` and the container names it completes.
+"""Shell completion of container names (``shieldaudit completion`` prints the script).
 
-click does the protocol: the script printed here calls ``shieldaudit`` again with
+click does the protocol: the script ``completion`` prints calls ``shieldaudit`` again with
 ``_SHIELDAUDIT_COMPLETE`` set, and click answers from the parameters'
 ``shell_complete``. Container arguments complete to the names in the trails and,
 once a hex prefix is typed, to short IDs. Completion never fails loudly: an
@@ -11,17 +11,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-import click
-from click.shell_completion import CompletionItem, get_completion_class
+from click.shell_completion import CompletionItem
 
 from shieldaudit.core.errors import ShieldAuditError
 
 if TYPE_CHECKING:
+    import click
+
     from shieldaudit.cli.trails import Trails
 
-SHELLS: Final = ("bash", "zsh", "fish")
-#: What click reads to tell a completion request from a normal run.
-COMPLETE_VAR: Final = "_SHIELDAUDIT_COMPLETE"
 _HEX: Final = frozenset("0123456789abcdef")
 #: Length of the IDs offered, as ``ls`` shows them (the full ID when that is not unique).
 SHORT_ID: Final = 12
@@ -61,20 +59,3 @@ def candidates(trails: Trails, incomplete: str) -> list[CompletionItem]:
         unique = len(shorts) == len(ids)
         items += [CompletionItem(i[:SHORT_ID] if unique else i) for i in matching]
     return items
-
-
-@click.command("completion")
-@click.argument("shell", type=click.Choice(SHELLS))
-@click.pass_context
-def completion_command(ctx: click.Context, shell: str) -> None:
-    """Print the completion script for SHELL (bash, zsh or fish).
-
-    For bash add 'eval "$(shieldaudit completion bash)"' to ~/.bashrc (zsh: the
-    same with zsh, in ~/.zshrc); for fish write the output to
-    ~/.config/fish/completions/shieldaudit.fish. Commands, options and container
-    names (for show, tail and verify) complete.
-    """
-    completion_class = get_completion_class(shell)
-    assert completion_class is not None  # noqa: S101 -- click.Choice allows only known shells
-    top = ctx.find_root()
-    click.echo(completion_class(top.command, {}, "shieldaudit", COMPLETE_VAR).source())
