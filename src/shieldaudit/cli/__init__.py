@@ -1,14 +1,17 @@
-"""The ``shieldaudit`` command: global options, lazy subcommands, and the one error display.
+"""The ``shieldaudit`` command: global options, lazy subcommands, and the one exit boundary.
 
 Subcommands live in their own modules and are imported only when invoked, so
 ``shieldaudit --version`` or ``verify`` never pay for podman-py or the exporter.
-Every :class:`~shieldaudit.core.errors.ShieldAuditError` is shown here, once, as one
-``Error: …`` line with its exit code; Ctrl-C exits quietly with 130 and a closed
-pipe (``| head``) ends the command silently.
+Every command ends through :func:`run`, the one place that turns an outcome
+into an exit status and says what went wrong: a
+:class:`~shieldaudit.core.errors.ShieldAuditError` or a usage error is one
+``Error: …`` line with its exit code (2 for usage); Ctrl-C ends any command
+silently with 130 and a closed stdout (``| head``) silently with 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import os
@@ -22,7 +25,7 @@ from shieldaudit.cli.context import AppContext
 from shieldaudit.core.errors import ShieldAuditError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
 #: name -> (module, attribute): imported on first use.
 COMMANDS: Final[dict[str, tuple[str, str]]] = {
@@ -41,8 +44,41 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
 }
 
 
+EXIT_INTERRUPTED: Final = 130
+
+
+class Ended(BaseException):
+    """Ctrl-C or a closed stdout, carried past click's own handling to :func:`run`.
+
+    click would print a blank line for Ctrl-C and exit 1 on a closed pipe; a
+    ``BaseException`` that click does not know reaches :func:`run` untouched.
+    """
+
+    def __init__(self, status: int, *, pipe_closed: bool) -> None:
+        """Record the exit status, and whether stdout has gone."""
+        super().__init__(status)
+        self.status = status
+        self.pipe_closed = pipe_closed
+
+
+@contextlib.contextmanager
+def carried() -> Iterator[None]:
+    """Turn Ctrl-C and EPIPE into :class:`Ended`; flush stdout first, so EPIPE shows here."""
+    try:
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        raise Ended(EXIT_INTERRUPTED, pipe_closed=False) from None
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+        raise Ended(0, pipe_closed=True) from None
+
+
 class LazyGroup(click.Group):
-    """A group whose subcommands are imported when used."""
+    """A group whose subcommands are imported when used, and run inside :func:`carried`."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:  # noqa: ARG002 -- click API
         """Return every command name, in the order of :data:`COMMANDS`."""
@@ -57,6 +93,22 @@ class LazyGroup(click.Group):
         command = getattr(module, target[1])
         assert isinstance(command, click.Command)  # noqa: S101 -- a programming error otherwise
         return command
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,  # noqa: ANN401 -- click's signature
+    ) -> click.Context:
+        """Parse the global options (``--help``, ``--version`` print here)."""
+        with carried():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:  # noqa: ANN401 -- click's signature
+        """Parse and run the subcommand."""
+        with carried():
+            return super().invoke(ctx)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -99,47 +151,51 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(run(argv))
 
 
-def run(  # noqa: C901, PLR0911 -- one branch per outcome, in the one place errors are shown
+def run(
     argv: Sequence[str] | None = None,
     **extra: Any,  # noqa: ANN401 -- passed through to click's main()
 ) -> int:
-    """Run the CLI and return the exit status; the one place errors are shown."""
+    """Run the CLI and return the exit status: the one place every command ends."""
     try:
-        try:
-            result = cli.main(
-                args=list(argv) if argv is not None else None, standalone_mode=False, **extra
-            )
-        except click.exceptions.Exit as exc:
-            return exc.exit_code
-        except click.ClickException as exc:
-            exc.show()
-            return exc.exit_code
-        except click.exceptions.Abort as exc:
-            # click turns Ctrl-C into Abort (after a newline): exit quietly, as
-            # Ctrl-C should; an Abort from a declined prompt says so.
-            if not isinstance(exc.__cause__, KeyboardInterrupt):
-                click.echo("Aborted.", err=True)
-            return 130
-        except ShieldAuditError as exc:
-            click.echo(f"Error: {exc.message}", err=True)
-            return exc.exit_code
-        except KeyboardInterrupt:
-            return 130
-        else:
-            # Without standalone mode, click returns ctx.exit(N)'s code instead of raising.
-            return result if isinstance(result, int) else 0
-    except BrokenPipeError:
-        _silence_stdout()
-        return 0
-    except OSError as exc:
-        if exc.errno == errno.EPIPE:
+        return outcome(argv, **extra)
+    except Ended as ended:
+        if ended.pipe_closed:
             _silence_stdout()
-            return 0
-        raise
+        return ended.status
+
+
+def outcome(
+    argv: Sequence[str] | None = None,
+    **extra: Any,  # noqa: ANN401 -- passed through to click's main()
+) -> int:
+    """Run the CLI, show its error if any, return its status; :class:`Ended` is let through.
+
+    :func:`run` for a command that runs others in turn (``ls`` and ``verify``
+    over node copies): Ctrl-C or a closed stdout ends them all, not one.
+    """
+    try:
+        result = cli.main(
+            args=list(argv) if argv is not None else None, standalone_mode=False, **extra
+        )
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        # Only a declined prompt: Ctrl-C arrives as Ended.
+        click.echo("Aborted.", err=True)
+        return EXIT_INTERRUPTED
+    except ShieldAuditError as exc:
+        click.echo(f"Error: {exc.message}", err=True)
+        return exc.exit_code
+    # Without standalone mode, click returns ctx.exit(N)'s code instead of raising.
+    return result if isinstance(result, int) else 0
 
 
 def _silence_stdout() -> None:
     """After EPIPE, point stdout at /dev/null so the interpreter's final flush stays quiet."""
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    with contextlib.suppress(OSError):
+        os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)

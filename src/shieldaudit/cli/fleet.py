@@ -32,8 +32,9 @@ def each_node(central: Path, args: list[str]) -> int:
     """Run a read-side command on every node copy, each under a ``== NODE`` heading.
 
     Run in this process, one node after the other; the exit status is the worst.
+    Ctrl-C (or a closed stdout) ends the whole run, not only the node being read.
     """
-    from shieldaudit.cli import run  # noqa: PLC0415 -- the CLI imports this module
+    from shieldaudit.cli import outcome  # noqa: PLC0415 -- the CLI imports this module
 
     status = EXIT_OK
     nodes = check.node_names(central)
@@ -41,7 +42,7 @@ def each_node(central: Path, args: list[str]) -> int:
     aside = "--json" in args
     for node in nodes:
         click.echo(f"== {node}", err=aside)
-        code = run(["--root", str(central / node), *args])
+        code = outcome(["--root", str(central / node), *args])
         status = max(status, code)
     click.echo(f"{len(nodes)} node(s) under {central}", err=aside)
     return status

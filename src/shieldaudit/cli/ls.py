@@ -16,7 +16,7 @@ import click
 from shieldaudit.cli import render
 from shieldaudit.cli.context import app
 from shieldaudit.cli.fleet import each_node
-from shieldaudit.cli.output import colour_wanted, quiet, warn
+from shieldaudit.cli.output import colour_wanted, warn
 from shieldaudit.cli.trails import Trails
 from shieldaudit.core.errors import ContainerNotFoundError
 from shieldaudit.fleet.check import is_fleet
@@ -97,7 +97,6 @@ def ls_row(
     help="Verify every chain in full (reads whole trails); default checks tails only.",
 )
 @click.pass_context
-@quiet
 def ls_command(ctx: click.Context, *, as_json: bool, no_trunc: bool, full_verify: bool) -> None:
     """List containers with a trail, most recently active first.
 

@@ -18,7 +18,7 @@ import click
 from shieldaudit.cli import render
 from shieldaudit.cli.complete import container_names
 from shieldaudit.cli.context import app
-from shieldaudit.cli.output import colour_wanted, quiet
+from shieldaudit.cli.output import colour_wanted
 from shieldaudit.cli.resolve import resolve_all
 from shieldaudit.cli.timeargs import parse_time, ts_bound
 from shieldaudit.cli.trails import COMPLETE, INCOMPLETE, Trails, stream_lines
@@ -88,7 +88,6 @@ def time_bounds(
 @click.option("--all", "every", is_flag=True, help="Every container the name (or prefix) matches.")
 @click.option("--no-trunc", is_flag=True, help="Exact times and full details.")
 @click.pass_context
-@quiet
 def show_command(
     ctx: click.Context,
     *,

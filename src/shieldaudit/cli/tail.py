@@ -26,7 +26,7 @@ import click
 from shieldaudit.cli import render
 from shieldaudit.cli.complete import container_names
 from shieldaudit.cli.context import app
-from shieldaudit.cli.output import colour_wanted, quiet, warn
+from shieldaudit.cli.output import colour_wanted, warn
 from shieldaudit.cli.resolve import resolve_container
 from shieldaudit.cli.trails import Trails, complete_end, segment_names, tail_lines
 from shieldaudit.core.errors import ShieldAuditError
@@ -305,7 +305,6 @@ def follow(
 @click.option("--no-trunc", is_flag=True, help="Exact times and full details.")
 @click.option("--interval", type=click.FloatRange(min=0.01), default=POLL_INTERVAL, hidden=True)
 @click.pass_context
-@quiet
 def tail_command(
     ctx: click.Context,
     *,

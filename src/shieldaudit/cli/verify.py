@@ -12,7 +12,6 @@ import click
 from shieldaudit.cli.complete import container_names
 from shieldaudit.cli.context import app
 from shieldaudit.cli.fleet import conflict_reports, fleet_verify
-from shieldaudit.cli.output import quiet
 from shieldaudit.cli.resolve import resolve_container
 from shieldaudit.cli.trails import Trails
 from shieldaudit.core.errors import (
@@ -47,7 +46,6 @@ if TYPE_CHECKING:
     help="Another copy of this root (a node's central copy, or the node): say where they part.",
 )
 @click.pass_context
-@quiet
 def verify_command(  # noqa: C901, PLR0912 -- one pass over the trails, then the seals' verdict
     ctx: click.Context,
     *,

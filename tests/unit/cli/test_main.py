@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
 from shieldaudit import cli
 from shieldaudit.cli import verify as verify_module
+from shieldaudit.fleet.collect import FLEET_MARKER
+from shieldaudit.store import seals
 from store_helpers import CID_A, write
 
 
@@ -23,6 +27,43 @@ def test_ctrl_c_in_any_command_exits_130_without_a_word(tmp_path, monkeypatch, c
     assert status == 130
     assert captured.err.strip() == ""
     assert "Aborted" not in captured.err
+
+
+def _interrupted(*_args, **_kwargs):
+    raise KeyboardInterrupt
+
+
+def _pipe_closed(*_args, **_kwargs):
+    raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+
+@pytest.mark.parametrize(("raised", "expected"), [(_interrupted, 130), (_pipe_closed, 0)])
+def test_every_command_ends_silently_on_ctrl_c_and_a_closed_pipe(
+    tmp_path, monkeypatch, capsys, raised, expected
+):
+    """Not only the listings: Ctrl-C is 130 and a closed stdout 0, with not even a blank line.
+
+    click alone would print a blank line for Ctrl-C and exit 1 on a closed pipe.
+    """
+    monkeypatch.setattr(seals, "seal_now", raised)
+    status = cli.run(["--root", str(tmp_path / "root"), "seal"])
+    captured = capsys.readouterr()
+    assert status == expected
+    assert (captured.out, captured.err) == ("", "")
+
+
+def test_ctrl_c_in_one_node_copy_ends_the_whole_fleet_run(tmp_path, monkeypatch, capsys):
+    """`verify` over a central directory stops at Ctrl-C: the next node is not read."""
+    central = tmp_path / "central"
+    for node in ("node-a", "node-b"):
+        write(central / node, CID_A, 1)
+    (central / FLEET_MARKER).write_text("")
+    monkeypatch.setattr(verify_module, "verify_container", _interrupted)
+    status = cli.run(["--root", str(central), "verify"])
+    captured = capsys.readouterr()
+    assert status == 130
+    assert captured.out == "== node-a\n"
+    assert captured.err == ""
 
 
 def test_user_error_is_one_line_with_exit_2(tmp_path, capsys):
