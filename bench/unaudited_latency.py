@@ -24,18 +24,18 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from common import percentile, podman_env, teardown
 from shieldaudit.store.reconcile import ts_us
+from sidecar_helpers import SidecarProc
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/shieldaudit-test:latest"
@@ -44,29 +44,9 @@ POLL_S = 0.01
 DEADLINE_S = 120.0
 
 
-def free_port() -> int:
-    """Return a free loopback TCP port."""
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    """GET a sidecar path; (0, "") when nothing answers."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
-    except OSError:
-        return 0, ""
-
-
-def unaudited(port: int) -> float | None:
+def unaudited(sidecar: SidecarProc) -> float | None:
     """Return the counter's value, or None when the scrape failed."""
-    status, text = get(port, "/metrics")
+    status, text = sidecar.get("/metrics")
     if status != 200:
         return None
     for line in text.splitlines():
@@ -132,23 +112,16 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        port = free_port()
-        sidecar = subprocess.Popen(
-            [
-                *SHIELDAUDIT,
-                "--root",
-                str(root),
-                "sidecar",
-                "--metrics-port",
-                str(port),
-                "--unaudited-grace",
-                str(args.grace),
-            ],
+        sidecar = SidecarProc(
+            root,
+            "--unaudited-grace",
+            str(args.grace),
+            listen=True,
             env={**cli_env, "SHIELDAUDIT_PODMAN_URL": f"unix://{sock}"},
-            stdout=subprocess.DEVNULL,
-            stderr=(tmp / "sidecar.log").open("ab"),
+            logs=tmp / "sidecar",
+            deadline_s=DEADLINE_S,
         )
-        wait(lambda: get(port, "/readyz")[0] == 200, "the sidecar's /readyz")
+        sidecar.wait_until(sidecar.ready, "the sidecar's /readyz")
         for i in range(count):
             subprocess.run(
                 ["podman", "--hooks-dir", str(hooks), "run", "--rm", IMAGE, "true"],
@@ -163,17 +136,17 @@ def main() -> None:
                 capture_output=True,
                 check=True,
             )
-            wait(lambda i=i: (unaudited(port) or 0) >= i + 1, f"the alarm for {name}")
+            wait(lambda i=i: (unaudited(sidecar) or 0) >= i + 1, f"the alarm for {name}")
             seen = time.time()
             started = start_time(root, name)
             if started is None:
                 raise SystemExit(f"unaudited_latency: no start event for {name}")
             latencies.append(seen - started / 1e6)
-        extra = (unaudited(port) or 0) - count
+        extra = (unaudited(sidecar) or 0) - count
     finally:
         if sidecar is not None:
-            sidecar.send_signal(signal.SIGTERM)
-            sidecar.wait(30)
+            sidecar.terminate()
+            sidecar.close()
         if service is not None:
             service.terminate()
             service.wait(30)

@@ -63,12 +63,13 @@ def wait_for(
     what: str,
     diagnose: Callable[[], str],
     alive: Callable[[], bool] = lambda: True,
+    deadline_s: float = DEADLINE_S,
 ) -> T:
-    """Poll ``probe`` until it returns something truthy (60 s deadline).
+    """Poll ``probe`` until it returns something truthy (60 s deadline unless told).
 
     Fails at once when ``alive`` says the process under test is gone.
     """
-    deadline = time.monotonic() + DEADLINE_S
+    deadline = time.monotonic() + deadline_s
     while True:
         value = probe()
         if value:

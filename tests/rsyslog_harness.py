@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from http_helpers import free_port  # noqa: F401 -- the fleet tests and bench take it from here
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -24,13 +25,6 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy" / "rsyslog"
 RSYSLOGD = "/usr/sbin/rsyslogd"
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def node_config(root: Path, work: Path, host: str, port: int) -> str:

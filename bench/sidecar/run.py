@@ -19,22 +19,23 @@ import argparse
 import json
 import os
 import random
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 from shieldaudit.core.settings import StoreSettings
 from shieldaudit.store import chain
 from shieldaudit.store.writer import TrailWriter
+from sidecar_helpers import SidecarProc
 
-RUN_CLI = "import sys; from shieldaudit.cli import main; sys.argv[0] = 'shieldaudit'; main()"
+#: Every wait's bound: the catch-up of a million entries included.
+DEADLINE_S = 1800.0
 TICKS = os.sysconf("SC_CLK_TCK")
 SEGMENT_BYTES = 64 * 1024
 
@@ -80,12 +81,6 @@ def generate(root: Path, containers: int, per_container: int) -> int:
     return total
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
@@ -98,61 +93,36 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-class Sidecar:
-    """A ``shieldaudit sidecar --no-listen`` process on a free port."""
+class Sidecar(SidecarProc):
+    """A ``shieldaudit sidecar --no-listen`` process on a free port; its output goes to files."""
 
     def __init__(self, root: Path) -> None:
         """Start it now (the clock for time-to-ready starts here)."""
-        self.port = free_port()
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                RUN_CLI,
-                "--root",
-                str(root),
-                "sidecar",
-                "--no-listen",
-                "--metrics-port",
-                str(self.port),
-            ],
-            env={**os.environ, "SHIELDAUDIT_CONFIG": os.devnull},
-        )
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        """GET a path: (status, body), status 0 when nothing answers."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, b""
-        except OSError:
-            return 0, b""
+        super().__init__(root, logs=root.parent / f"{root.name}-sidecar", deadline_s=DEADLINE_S)
 
     def events(self) -> float:
-        """Return shieldaudit_events_total summed over its labels (-1 when unreachable)."""
+        """Return shieldaudit_events_total summed over its labels (-1 when unreachable).
+
+        A plain line scan, not a parse: it runs in a tight loop beside the sidecar.
+        """
         status, body = self.get("/metrics")
         if status != 200:
             return -1
         total = 0.0
-        for line in body.decode().splitlines():
+        for line in body.splitlines():
             if line.startswith("shieldaudit_events_total{"):
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
-    def wait_ready(self) -> float:
-        """Poll /readyz; return seconds since the process started."""
-        while self.get("/readyz")[0] != 200:
-            if self.proc.poll() is not None:
-                raise SystemExit("sidecar exited")
-            time.sleep(0.01)
+    def time_to_ready(self) -> float:
+        """Poll /readyz every 10 ms; return seconds since the process started."""
+        self.wait_until(self.ready, "/readyz to turn 200", interval=0.01)
         return time.monotonic() - self.started
 
     def stop(self) -> None:
         """SIGTERM and wait."""
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=30)
+        self.terminate()
+        self.close()
 
 
 def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
@@ -209,7 +179,7 @@ def main() -> int:
         root.mkdir(mode=0o700)
         generate(root, containers, 3)
         sidecar = Sidecar(root)
-        ready = sidecar.wait_ready()
+        ready = sidecar.time_to_ready()
         files = [str(root / "containers" / cid(n) / "audit.jsonl") for n in range(containers)]
         tail = subprocess.Popen(
             ["tail", "-q", "-n", "0", "-F", *files],
@@ -252,7 +222,7 @@ def main() -> int:
         tail.wait()
         sidecar.stop()
         restart = Sidecar(root)
-        ready_again = restart.wait_ready()
+        ready_again = restart.time_to_ready()
         restart.stop()
 
         # -- catch-up on a backlog --------------------------------------------------------
@@ -263,10 +233,7 @@ def main() -> int:
         total = generate(backlog_root, containers, per)
         gen_s = time.monotonic() - t_gen
         catch = Sidecar(backlog_root)
-        while catch.events() < total:
-            if catch.proc.poll() is not None:
-                raise SystemExit("sidecar exited during catch-up")
-            time.sleep(0.05)
+        catch.wait_until(lambda: catch.events() >= total, "the catch-up")
         catch_s = time.monotonic() - catch.started
         rss_after = rss_mib(catch.proc.pid)
         catch.stop()

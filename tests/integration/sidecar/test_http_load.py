@@ -15,8 +15,6 @@ import gzip
 import os
 import resource
 import socket
-import subprocess
-import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -26,6 +24,8 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar_helpers import SidecarProc
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 DEADLINE_S = 60.0
 #: The scrape deadline while connections pile up (the client's timeout).
 SCRAPE_TIMEOUT_S = 2.0
-RUN_CLI = "import sys; from shieldaudit.cli import main; sys.argv[0] = 'shieldaudit'; main()"
 #: Memory a held connection may cost the server, at most (a thread cost ~40 KiB).
 PER_CONNECTION_BYTES = 16 * 1024
 
@@ -45,49 +44,17 @@ def raise_nofile() -> int:
     return hard
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Sidecar:
+class Sidecar(SidecarProc):
     """A ``shieldaudit sidecar --no-listen`` process on a free loopback port."""
 
     def __init__(self, root: Path, http_timeout: float) -> None:
         """Start it and wait until it answers."""
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                RUN_CLI,
-                "--root",
-                str(root),
-                "sidecar",
-                "--no-listen",
-                "--metrics-port",
-                str(self.port),
-                "--http-timeout",
-                str(http_timeout),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "SHIELDAUDIT_CONFIG": os.devnull},
-        )
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            assert self.proc.poll() is None, self.stderr()
-            with contextlib.suppress(OSError):
-                if request(self.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")[0] == 200:
-                    return
-            assert time.monotonic() < deadline, "the sidecar never answered"
-            time.sleep(0.05)
-
-    def stderr(self) -> str:
-        """Return what the process wrote on stderr (once it has ended)."""
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read().decode() if self.proc.poll() is not None else ""
+        super().__init__(root, "--http-timeout", str(http_timeout))
+        try:
+            self.wait_until(lambda: self.get("/healthz")[0] == 200, "/healthz to answer")
+        except BaseException:
+            self.close()
+            raise
 
     def status(self) -> dict[str, int]:
         """Threads, resident memory (bytes) and open descriptors of the process."""
@@ -109,13 +76,13 @@ class Sidecar:
             assert time.monotonic() < deadline, f"server holds {self.status()['fds']} fds"
             time.sleep(0.05)
 
-    def close(self) -> None:
+    def stop(self) -> None:
         """SIGTERM, wait, and make sure it exited cleanly."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            assert self.proc.wait(timeout=30) == 0, self.stderr()
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
+        try:
+            if self.proc.poll() is None:
+                assert self.terminate() == 0, self.stderr()
+        finally:
+            self.close()
 
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
@@ -179,7 +146,7 @@ def sidecar(tmp_path: Path) -> Iterator[Sidecar]:
     raise_nofile()
     proc = Sidecar(tmp_path / "root", http_timeout=600)
     yield proc
-    proc.close()
+    proc.stop()
 
 
 def open_connections(port: int, count: int) -> list[socket.socket]:
@@ -354,4 +321,4 @@ def test_idle_and_half_sent_connections_are_closed_after_the_timeout(tmp_path):
             assert wait_closed(kept) == b""
         assert request(proc.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")[0] == 200
     finally:
-        proc.close()
+        proc.stop()

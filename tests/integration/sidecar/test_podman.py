@@ -11,20 +11,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from http_helpers import free_port
+from http_helpers import free_port, http_get, wait_for
 from shieldaudit.hook import hooksd
 from sidecar_helpers import SidecarProc
 
 pytestmark = pytest.mark.podman
 
-DEADLINE_S = 60.0
 STAGES = ("createRuntime", "poststart", "poststop")
 PROMETHEUS = "/usr/bin/prometheus"
 
@@ -55,11 +52,10 @@ def install_hooks(hooks_dir: Path, root: Path) -> None:
 
 def query(port: int, promql: str) -> list[dict[str, object]]:
     url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            body = json.loads(response.read())
-    except OSError:
+    answer = http_get(url)
+    if answer is None or answer[0] != 200:
         return []
+    body = json.loads(answer[1])
     return body.get("data", {}).get("result", []) if body.get("status") == "success" else []
 
 
@@ -122,7 +118,7 @@ def test_container_lifecycle_counted_and_scraped_by_prometheus(tmp_path, podman_
 
         ids = os.listdir(root / "containers")
         assert len(ids) == 1, "the hooks wrote no trail: check the hooks.d files"
-        after = _wait_labelled(sidecar, lambda v: all(hook(v, s) == 1 for s in STAGES))
+        after = sidecar.wait_for(lambda v: all(hook(v, s) == 1 for s in STAGES), "the hooks")
         assert sum(hook(after, s) for s in STAGES) == 3
         assert after["shieldaudit_events_total"] - before["shieldaudit_events_total"] == 3
         assert after["shieldaudit_watched_containers"] == 1
@@ -130,55 +126,18 @@ def test_container_lifecycle_counted_and_scraped_by_prometheus(tmp_path, podman_
         assert after["shieldaudit_integrity_failures_total"] == 0
 
         prom_port = prometheus(sidecar.port)
-        deadline = time.monotonic() + DEADLINE_S
-        result: list[dict[str, object]] = []
         promql = 'shieldaudit_events_total{source="hook",action="poststop"}'
-        while time.monotonic() < deadline:
-            result = query(prom_port, promql)
-            if result:
-                break
-            time.sleep(0.5)
-        assert result, "prometheus never returned shieldaudit_events_total"
+        result = wait_for(
+            lambda: query(prom_port, promql),
+            "prometheus to return shieldaudit_events_total",
+            lambda: (tmp_path / "prometheus.log").read_text(errors="replace")[-4000:],
+        )
         value = result[0]["value"]
         assert isinstance(value, list)
         assert float(value[1]) == 1
         assert sidecar.terminate() == 0
     finally:
         sidecar.close()
-
-
-def _wait_labelled(
-    sidecar: SidecarProc, condition, source: str | None = "hook"
-) -> dict[str, float]:
-    """Like wait_for, also exposing each events_total series as ``<source>:<action>``.
-
-    Only series of ``source`` are exposed that way (all sources when None).
-    """
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
-
-    def labelled() -> dict[str, float]:
-        status, text = sidecar.get("/metrics")
-        values: dict[str, float] = {}
-        if status != 200:
-            return values
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                values[sample.name] = values.get(sample.name, 0.0) + sample.value
-                if sample.name == "shieldaudit_events_total" and (
-                    source is None or sample.labels["source"] == source
-                ):
-                    key = f"{sample.labels['source']}:{sample.labels['action']}"
-                    values[key] = sample.value
-        return values
-
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        values = labelled()
-        if values and condition(values):
-            return values
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out; last metrics: {values}")
-        time.sleep(0.05)
 
 
 def test_listener_in_process_records_and_counts_events(tmp_path, podman_env, podman_service):
@@ -199,8 +158,8 @@ def test_listener_in_process_records_and_counts_events(tmp_path, podman_env, pod
         wanted = [("hook", s) for s in STAGES] + [
             ("events", a) for a in ("create", "init", "start", "died", "remove")
         ]
-        after = _wait_labelled(
-            sidecar, lambda v: all(counted(v, s, a) >= 1 for s, a in wanted), source=None
+        after = sidecar.wait_for(
+            lambda v: all(counted(v, s, a) >= 1 for s, a in wanted), "every event and hook"
         )
         for source, action in wanted:
             assert counted(after, source, action) == 1, (source, action)

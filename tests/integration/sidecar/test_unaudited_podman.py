@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from http_helpers import free_port
+from http_helpers import wait_for
 from shieldaudit.sidecar.watch.checkpoint import load
 from shieldaudit.store.reconcile import ts_us
-from sidecar_helpers import RUN_CLI
+from sidecar_helpers import RUN_CLI, SidecarProc
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,79 +42,32 @@ PARALLEL = 100
 AT_ONCE = 8
 
 
-class Sidecar:
+class Sidecar(SidecarProc):
     """``shieldaudit sidecar --emit`` with its listener; output goes to files (never blocks)."""
 
     def __init__(self, root: Path, logs: Path, url: str, grace: str = GRACE_S) -> None:
         """Start it on a free port."""
-        self.port = free_port()
-        self.out = logs.with_suffix(".out")
-        self.err = logs.with_suffix(".err")
-        with self.out.open("ab") as out, self.err.open("ab") as err:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    RUN_CLI,
-                    "--root",
-                    str(root),
-                    "sidecar",
-                    "--emit",
-                    "--metrics-port",
-                    str(self.port),
-                    "--unaudited-grace",
-                    grace,
-                ],
-                stdout=out,
-                stderr=err,
-                env={
-                    **os.environ,
-                    "SHIELDAUDIT_CONFIG": os.devnull,
-                    "SHIELDAUDIT_PODMAN_URL": url,
-                    "SHIELDAUDIT_FSYNC": "never",
-                },
-            )
-
-    def metrics(self) -> dict[str, float]:
-        """Scrape /metrics into {name: value} (summed over labels); {} when nothing answers."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
-                text = r.read().decode()
-        except (OSError, urllib.error.URLError):
-            return {}
-        values: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                values[sample.name] = values.get(sample.name, 0.0) + sample.value
-        return values
-
-    def ready(self) -> bool:
-        """Return whether /readyz answers 200 (scan done, listener connected)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=5) as r:
-                return r.status == 200
-        except (OSError, urllib.error.URLError):
-            return False
+        super().__init__(
+            root,
+            "--emit",
+            "--unaudited-grace",
+            grace,
+            listen=True,
+            env={"SHIELDAUDIT_PODMAN_URL": url, "SHIELDAUDIT_FSYNC": "never"},
+            logs=logs,
+            deadline_s=DEADLINE_S,
+        )
 
     def emitted(self, action: str) -> list[dict[str, object]]:
         """Return the --emit lines with this action."""
+        assert self.out is not None
         lines = self.out.read_text().splitlines()
         return [e for e in map(json.loads, lines) if e.get("action") == action]
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Stop it (SIGTERM, or SIGKILL for a crash) and wait."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        self.proc.wait(timeout=30)
 
-
-def wait_until(condition: Callable[[], bool], what: str, deadline_s: float = DEADLINE_S) -> None:
+def wait_until(condition: Callable[[], bool], what: str) -> None:
     """Poll ``condition`` until it holds; fail saying what was awaited."""
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    wait_for(condition, what, lambda: "", deadline_s=DEADLINE_S)
 
 
 def trail_entries(root: Path, container_id: str) -> list[dict[str, object]]:
@@ -225,12 +173,12 @@ def setup(tmp_path, podman_service):
     def start(grace: str = GRACE_S) -> Sidecar:
         sidecar = Sidecar(root, tmp_path / f"sidecar{len(started)}", podman_service.url, grace)
         started.append(sidecar)
-        wait_until(sidecar.ready, "the sidecar's /readyz")
+        sidecar.wait_ready()
         return sidecar
 
     yield root, hooks, empty, start
     for sidecar in started:
-        sidecar.stop(signal.SIGKILL)
+        sidecar.close()
 
 
 def test_bypassed_start_is_flagged_once_and_a_normal_restart_is_not(setup, podman_env):
@@ -248,9 +196,7 @@ def test_bypassed_start_is_flagged_once_and_a_normal_restart_is_not(setup, podma
         "--hooks-dir", str(empty), "run", "--name", "bypass", podman_env.image, "true"
     )
     assert run.returncode == 0
-    wait_until(
-        lambda: sidecar.metrics().get("shieldaudit_unaudited_starts_total") == 1, "the alarm"
-    )
+    sidecar.wait_for(lambda v: v["shieldaudit_unaudited_starts_total"] == 1, "the alarm")
     podman_env.run("--hooks-dir", str(hooks), "start", "--attach", "bypass")
     fence(podman_env, hooks, root)
     wait_until(lambda: all_judged(root), "every start judged")
@@ -347,24 +293,24 @@ def test_listener_down_then_catching_up_and_sidecar_kill9(setup, podman_env, pod
     bypass = ("--hooks-dir", str(empty))
 
     podman_service.stop()  # the listener loses Podman: hooks still write, events wait
-    wait_until(lambda: first.metrics().get("shieldaudit_listener_connected") == 0, "disconnect")
+    first.wait_for(lambda v: v["shieldaudit_listener_connected"] == 0, "disconnect")
     for _ in range(3):
         podman_env.run(*hooked, "run", "--rm", podman_env.image, "true")
     podman_env.run(*bypass, "run", "--rm", "--name", "while-down", podman_env.image, "true")
     podman_service.start()
-    wait_until(lambda: first.metrics().get("shieldaudit_unaudited_starts_total") == 1, "the replay")
+    first.wait_for(lambda v: v["shieldaudit_unaudited_starts_total"] == 1, "the replay")
     fence(podman_env, hooks, root)
     wait_until(lambda: all_judged(root), "every start judged")
     assert first.metrics()["shieldaudit_unaudited_starts_total"] == 1
 
-    first.stop(signal.SIGKILL)
+    first.kill9()
 
     # A sidecar with a long grace period sees a bypassed start, pending, and is killed.
     second = start(grace="600")
     podman_env.run(*bypass, "run", "--rm", "--name", "pending", podman_env.image, "true")
     wait_until(lambda: pending_in_checkpoint(root, "pending"), "the start saved as pending")
     assert second.metrics()["shieldaudit_unaudited_starts_total"] == 0
-    second.stop(signal.SIGKILL)
+    second.kill9()
     podman_env.run(*bypass, "run", "--rm", "--name", "while-dead", podman_env.image, "true")
     podman_env.run(*hooked, "run", "--rm", podman_env.image, "true")
 
@@ -372,8 +318,8 @@ def test_listener_down_then_catching_up_and_sidecar_kill9(setup, podman_env, pod
     fence(podman_env, hooks, root)
     wait_until(lambda: all_judged(root), "every start judged")
     # A count is published just after the checkpoint that judged it is saved.
-    wait_until(
-        lambda: third.metrics().get("shieldaudit_unaudited_starts_total", 0) >= 2,
+    third.wait_for(
+        lambda v: v["shieldaudit_unaudited_starts_total"] >= 2,
         "the two judged starts to be published",
     )
     assert third.metrics()["shieldaudit_unaudited_starts_total"] == 2

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from typing import TYPE_CHECKING
@@ -21,6 +18,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from cli_helpers import invoke
+from http_helpers import wait_for
+from sidecar_helpers import SidecarProc
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,9 +27,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.podman
 
-DEADLINE_S = 60.0
 HOURS = 6
-RUN_CLI = "import sys; from shieldaudit.cli import main; sys.argv[0] = 'shieldaudit'; main()"
 
 
 def _last(root: Path, cid: str) -> tuple[int, str]:
@@ -46,12 +43,8 @@ def _last(root: Path, cid: str) -> tuple[int, str]:
     return entry["seq"], entry["action"]
 
 
-def _wait(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
+def _wait(sidecar: SidecarProc, condition: Callable[[], bool], what: str) -> None:
+    wait_for(condition, what, sidecar.stderr, alive=lambda: sidecar.proc.poll() is None)
 
 
 def _seals(root: Path) -> int:
@@ -74,26 +67,8 @@ def test_a_day_of_containers_prune_and_rotation_verifies_until_tampered(podman_e
     hooks_dir = tmp_path / "hooks.d"
     installed = invoke(root, "install-hooks", "--hooks-dir", str(hooks_dir), env=env)
     assert installed.code == 0, installed.err
-    sidecar = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            RUN_CLI,
-            "--root",
-            str(root),
-            "sidecar",
-            "--no-listen",
-            "--metrics-port",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={
-            **os.environ,
-            **env,
-            "SHIELDAUDIT_CONFIG": os.devnull,
-            "SHIELDAUDIT_SEAL_INTERVAL": "1",
-        },
+    sidecar = SidecarProc(
+        root, env={**env, "SHIELDAUDIT_SEAL_INTERVAL": "1"}, logs=tmp_path / "sidecar"
     )
     hooks = ("--hooks-dir", str(hooks_dir))
     kept: list[str] = []
@@ -104,7 +79,7 @@ def test_a_day_of_containers_prune_and_rotation_verifies_until_tampered(podman_e
             cid = podman_env.run("inspect", "--format", "{{.Id}}", name).stdout.strip()
             podman_env.run(*hooks, "start", "--attach", name)  # a restart: a second lifecycle
             # Two lifecycles of three hook entries each.
-            _wait(lambda cid=cid: _last(root, cid) == (6, "poststop"), f"{name}'s entries")
+            _wait(sidecar, lambda cid=cid: _last(root, cid) == (6, "poststop"), f"{name}'s entries")
             podman_env.run("rm", name)
             kept.append(cid)
             if hour % 2:
@@ -117,18 +92,18 @@ def test_a_day_of_containers_prune_and_rotation_verifies_until_tampered(podman_e
                 assert pruned.code == 0, pruned.out + pruned.err
                 assert not directory.exists()
             sealed = _seals(root)
-            _wait(lambda sealed=sealed: _seals(root) > sealed, "the sidecar's next seal")
+            _wait(sidecar, lambda sealed=sealed: _seals(root) > sealed, "the sidecar's next seal")
             on_host = invoke(root, "verify", env=env)
             assert on_host.code == 0, on_host.out + on_host.err
             full = invoke(root, "verify", "--verification-key", str(verification), env=env)
             assert full.code == 0, full.out + full.err
         assert any((root / "containers" / cid).glob("audit-*.jsonl") for cid in kept)
     finally:
-        sidecar.send_signal(signal.SIGTERM)
-        status = sidecar.wait(timeout=60)
-        stderr = sidecar.stderr.read().decode()  # type: ignore[union-attr]
-        sidecar.stderr.close()  # type: ignore[union-attr]
-    assert status == 0, stderr
+        try:
+            status = sidecar.terminate(timeout=60)
+        finally:
+            sidecar.close()
+    assert status == 0, sidecar.stderr()
     assert invoke(root, "verify", "--verification-key", str(verification), env=env).code == 0
     # Cut the newest entries: the newest file that holds any (audit.jsonl may have just rotated).
     directory = root / "containers" / kept[-1]
