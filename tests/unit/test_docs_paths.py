@@ -9,6 +9,10 @@ URL; ``../deploy/…`` in a link from docs/ counts). ``{a,b}`` alternatives and
 A module is a dotted ``shieldaudit.<package>…`` name: its longest prefix that is
 a module must exist, and the next name must be defined or imported at that
 module's top level (``shieldaudit.store.summary.step``).
+
+A source tree drawn in a code block (one that starts with ``src/shieldaudit/``)
+names folders by indentation and files by name: each ``name.py`` it shows must
+be in the folder it is drawn in (or below it).
 """
 
 from __future__ import annotations
@@ -89,6 +93,46 @@ def resolves(dotted: str, src: Path = SRC) -> bool:
     return False
 
 
+#: In a drawn tree, names sit two columns deeper per level; descriptions start further right.
+TREE_STEP = 2
+TREE_NAMES_BEFORE = 12
+
+
+def tree_blocks(text: str) -> list[tuple[int, list[str]]]:
+    """Each fenced block that draws the source tree: (its first line's number, its lines)."""
+    blocks = []
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
+        if (
+            line.startswith("```")
+            and number < len(lines)
+            and lines[number].startswith("src/shieldaudit/")
+        ):
+            end = next(i for i in range(number, len(lines)) if lines[i].startswith("```"))
+            blocks.append((number + 1, lines[number:end]))
+    return blocks
+
+
+def missing_in_tree(lines: list[str], first: int, repo: Path = REPO) -> list[str]:
+    """``line: folder/name.py`` for each file a drawn tree shows where it is not."""
+    folders: list[str] = []
+    missing = []
+    for number, line in enumerate(lines, first):
+        indent = len(line) - len(line.lstrip())
+        head = line.split(maxsplit=1)[0].rstrip(",") if line.strip() else ""
+        if indent < TREE_NAMES_BEFORE and head:
+            folders = folders[: indent // TREE_STEP]
+            if head.endswith("/"):
+                folders.append(head)
+        base = repo.joinpath(*folders) if folders else repo
+        missing += [
+            f"{number}: {''.join(folders)}{name}"
+            for name in re.findall(r"(?<![\w/.*-])(\w+\.py)\b", line)
+            if not any(base.rglob(name))
+        ]
+    return missing
+
+
 def missing_paths(document: Path, repo: Path = REPO) -> list[str]:
     """``line: path`` for every quoted path or module of ``document`` that is not in ``repo``."""
     missing = []
@@ -100,6 +144,8 @@ def missing_paths(document: Path, repo: Path = REPO) -> list[str]:
             for m in DOTTED.finditer(line)
             if not resolves(m.group(), repo / "src")
         ]
+    for first, lines in tree_blocks(document.read_text(encoding="utf-8")):
+        missing += missing_in_tree(lines, first, repo)
     return missing
 
 
@@ -125,6 +171,30 @@ def test_a_stale_path_is_reported(tmp_path):
     document = tmp_path / "doc.md"
     document.write_text("`tests/here.py`\n`tests/gone.py` and tests/*.py\ntests/{here,away}.py\n")
     assert missing_paths(document, tmp_path) == ["2: tests/gone.py", "3: tests/away.py"]
+
+
+def test_a_drawn_tree_places_each_file_in_its_folder(tmp_path):
+    """Files are looked for in the folder the indentation puts them in, descriptions too."""
+    for path in ("src/shieldaudit/core/errors.py", "src/shieldaudit/store/writer.py", "native/x"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("")
+    document = tmp_path / "doc.md"
+    document.write_text(
+        "```\n"
+        "src/shieldaudit/\n"
+        "  core/         the core\n"
+        "    errors.py   errors\n"
+        "    writer.py   not here: it is in store/\n"
+        "  store/        the store: writer.py\n"
+        "                and, on a later line, errors.py (not in store/)\n"
+        "native/         errors.py is not in native/ either; *_helpers.py is a pattern\n"
+        "```\n"
+    )
+    assert missing_paths(document, tmp_path) == [
+        "5: src/shieldaudit/core/writer.py",
+        "7: src/shieldaudit/store/errors.py",
+        "8: native/errors.py",
+    ]
 
 
 def test_module_names_resolve_to_a_module_or_a_name_in_one():
