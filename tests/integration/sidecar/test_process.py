@@ -11,7 +11,6 @@ import contextlib
 import json
 import subprocess
 import threading
-import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -128,9 +127,8 @@ def test_emit_writes_watch_event_lines(tmp_path, sidecars):
     reader.start()
     sidecar.wait_for(lambda v: events(v) == 2, "history")
     write(root, IDS[0], 1)
-    deadline = time.monotonic() + DEADLINE_S
-    while len(lines) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)  # lines are flushed one by one, without waiting for exit
+    # Lines are flushed one by one, without waiting for exit.
+    sidecar.wait_until(lambda: len(lines) >= 3, "the third --emit line")
 
     assert [line["seq"] for line in lines] == [1, 2, 3]
     assert list(lines[0]) == [
@@ -236,6 +234,6 @@ def test_second_sidecar_on_the_same_root_refused_first_keeps_counting(tmp_path, 
     assert first.terminate() == 0
 
     third = sidecars(root)  # the lock went with the first process
-    third.wait_for(lambda _v: third.get("/readyz")[0] == 200, "the next sidecar")
+    third.wait_ready()
     assert events(third.metrics()) == 0  # the checkpoint covers everything: nothing twice
     assert third.terminate() == 0
