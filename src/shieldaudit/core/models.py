@@ -6,12 +6,16 @@ the CLI and tests validate with them.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from shieldaudit.core.ids import is_container_id
 from shieldaudit.core.timefmt import parse_ts
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 Source = Literal["hook", "events", "cli"]
 
@@ -55,23 +59,48 @@ class Entry(BaseModel):
     mac: Hex64
 
 
+def _event_text(value: object) -> object:
+    """A WatchEvent text field: an entry's missing or empty value is ``""``.
+
+    A value that is not a string (only in a trail written by something other
+    than the store) becomes its compact JSON text, so the line's text fields
+    are always strings.
+    """
+    if isinstance(value, str):
+        return value
+    if not value:
+        return ""
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=str)
+
+
+EventText = Annotated[str, BeforeValidator(_event_text)]
+
+
 class WatchEvent(BaseModel):
-    """The line the sidecar's ``--emit`` writes for each entry (docs/sidecar.md)."""
+    """The line the sidecar's ``--emit`` writes for each entry (docs/sidecar.md).
+
+    The field order is the line's key order.
+    """
 
     model_config = ConfigDict(frozen=True)
 
-    ts: str
-    source: str
-    action: str
-    container: str
-    container_id: str
-    seq: int
-    dest: str = ""
-    detail: str = ""
+    ts: EventText = ""
+    source: EventText = ""
+    action: EventText = ""
+    container: EventText = ""
+    container_id: EventText = ""
+    seq: int = Field(strict=True)
+    dest: EventText = ""
+    detail: EventText = ""
 
     @classmethod
-    def from_entry(cls, entry: dict[str, object]) -> WatchEvent:
-        """Project an entry onto the WatchEvent fields."""
-        return cls.model_validate(
-            {k: entry.get(k) or "" for k in cls.model_fields} | {"seq": entry.get("seq")}
-        )
+    def from_entry(cls, entry: Mapping[str, object]) -> WatchEvent:
+        """Project an entry (or an ``unaudited_start`` verdict) onto the WatchEvent fields."""
+        return cls.model_validate({k: entry.get(k) for k in cls.model_fields})
+
+    def json_line(self) -> bytes:
+        """Return the event as one ASCII JSON line, newline included."""
+        # pydantic's own JSON writer has no ensure_ascii: the line stays ASCII
+        # whatever a container's name holds, as it always was.
+        text = json.dumps(self.model_dump(), ensure_ascii=True, separators=(",", ":"))
+        return text.encode() + b"\n"

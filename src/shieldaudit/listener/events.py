@@ -9,18 +9,32 @@ Docker-compatible shape::
      "scope": "local", "time": 1795458373, "timeNano": 1795458373910091721,
      "HealthStatus": "healthy"}
 
-Nothing here does I/O, so every decision about an event (keep or skip, which
-fields) is tested without Podman.
+:class:`PodmanEvent` is the boundary: what the listener takes from an event
+is validated there, and an event that cannot be recorded is refused with one
+reason. Nothing here does I/O, so every decision about an event (keep or skip,
+which fields) is tested without Podman.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Annotated, Final, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from shieldaudit.core.ids import is_container_id
 from shieldaudit.core.timefmt import format_ns
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 SOURCE: Final = "events"
 #: Extra entry key holding the event's own time in ns: half of the dedup key.
@@ -84,6 +98,73 @@ def decode_line(line: bytes | str) -> dict[str, object] | Skipped:
     return value
 
 
+def _check_container_id(value: str) -> str:
+    if not is_container_id(value):
+        raise ValueError("not 64 lower-case hex characters")
+    return value
+
+
+class PodmanEvent(BaseModel):
+    """What the listener needs from one Podman event, validated (built by :meth:`of`).
+
+    Podman's shape is normalised first (``status`` falls back to ``Action``,
+    ``Actor.ID`` to ``id``, ``timeNano`` to whole seconds in ``time``; an
+    ``Actor`` or ``Attributes`` that is not an object is ignored), then each
+    field is checked. The fields are in the order their problems are reported:
+    the first failing one is the event's one refusal reason.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["container"]
+    status: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=64)]
+    container_id: Annotated[str, Field(strict=True), AfterValidator(_check_container_id)]
+    time_ns: Annotated[int, Field(strict=True, gt=0)]
+    attributes: dict[str, object]
+    image: object = ""
+    health: object = None
+
+    @classmethod
+    def of(cls, event: Mapping[str, object]) -> PodmanEvent:
+        """Validate a decoded Podman event.
+
+        Raises:
+            ValidationError: the event cannot be recorded (see :func:`refusal`).
+        """
+        actor = event.get("Actor")
+        attributes: Mapping[str, object] = {}
+        container_id = event.get("id")
+        if isinstance(actor, dict):
+            container_id = actor.get("ID", container_id)
+            if isinstance(actor.get("Attributes"), dict):
+                attributes = actor["Attributes"]
+        return cls.model_validate(
+            {
+                "type": event.get("Type", "container"),
+                "status": event.get("status", event.get("Action")),
+                "container_id": container_id,
+                "time_ns": _event_time_ns(event),
+                "attributes": attributes,
+                "image": attributes.get("image", event.get("from", "")),
+                "health": event.get("HealthStatus") or attributes.get("health_status"),
+            }
+        )
+
+
+def refusal(exc: ValidationError) -> Skipped:
+    """Turn a :class:`PodmanEvent` validation failure into its one skip reason."""
+    first = exc.errors(include_url=False)[0]
+    field = first["loc"][0] if first["loc"] else ""
+    value = first.get("input")
+    if field == "type":
+        return Skipped(SKIP_NOT_CONTAINER, f"event type {str(value)[:40]!r}")
+    if field == "container_id":
+        return Skipped(SKIP_BAD_ID, f"container ID {str(value)[:80]!r}")
+    if field == "time_ns":
+        return Skipped(SKIP_MALFORMED, "no time")
+    return Skipped(SKIP_MALFORMED, "no status")
+
+
 def map_event(event: dict[str, object]) -> Mapped | Skipped:
     """Turn a decoded Podman event into entry fields, or say why it is skipped.
 
@@ -91,44 +172,27 @@ def map_event(event: dict[str, object]) -> Mapped | Skipped:
     when the thing happened, and a replayed event gets the same ``ts`` it would
     have had live. The exact time is kept in ``event_time_ns`` for dedup.
     """
-    kind = event.get("Type", "container")
-    if kind != "container":
-        return Skipped(SKIP_NOT_CONTAINER, f"event type {str(kind)[:40]!r}")
-    status = event.get("status", event.get("Action"))
-    if not isinstance(status, str) or not status or len(status) > 64:
-        return Skipped(SKIP_MALFORMED, "no status")
-    actor = event.get("Actor")
-    attributes: dict[str, object] = {}
-    container_id: object = event.get("id")
-    if isinstance(actor, dict):
-        container_id = actor.get("ID", container_id)
-        raw_attributes = actor.get("Attributes")
-        if isinstance(raw_attributes, dict):
-            attributes = raw_attributes
-    if not isinstance(container_id, str) or not is_container_id(container_id):
-        return Skipped(SKIP_BAD_ID, f"container ID {str(container_id)[:80]!r}")
-    time_ns = _event_time_ns(event)
-    if time_ns is None:
-        return Skipped(SKIP_MALFORMED, "no time")
-    image = attributes.get("image", event.get("from", ""))
+    try:
+        valid = PodmanEvent.of(event)
+    except ValidationError as exc:
+        return refusal(exc)
     fields: dict[str, object] = {
-        "ts": format_ns(time_ns),
+        "ts": format_ns(valid.time_ns),
         "source": SOURCE,
-        "action": status,
-        "container": _text(attributes.get("name", "")),
-        "image": _text(image),
+        "action": valid.status,
+        "container": _text(valid.attributes.get("name", "")),
+        "image": _text(valid.image),
         "pid": None,
-        "exit_code": _exit_code(status, attributes.get("containerExitCode")),
-        "detail": _detail(event, attributes),
-        EVENT_TIME_KEY: time_ns,
+        "exit_code": _exit_code(valid.status, valid.attributes.get("containerExitCode")),
+        "detail": _detail(event, valid.attributes),
+        EVENT_TIME_KEY: valid.time_ns,
     }
-    health = event.get("HealthStatus") or attributes.get("health_status")
-    if isinstance(health, str) and health:
-        fields[HEALTH_KEY] = _text(health)
-    return Mapped(EventKey(container_id, status, time_ns), fields)
+    if isinstance(valid.health, str) and valid.health:
+        fields[HEALTH_KEY] = _text(valid.health)
+    return Mapped(EventKey(valid.container_id, valid.status, valid.time_ns), fields)
 
 
-def _event_time_ns(event: dict[str, object]) -> int | None:
+def _event_time_ns(event: Mapping[str, object]) -> int | None:
     """Prefer ``timeNano``; fall back to whole seconds in ``time``."""
     nano = event.get("timeNano")
     if isinstance(nano, int) and not isinstance(nano, bool) and nano > 0:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import logging
 import os
 import signal
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 from prometheus_client import CollectorRegistry
 
 from shieldaudit.core.errors import ShieldAuditError
+from shieldaudit.core.models import WatchEvent
 from shieldaudit.sidecar.http import DEFAULT_TIMEOUT_S, ServerHandle, serve
 from shieldaudit.sidecar.metrics import SidecarMetrics
 from shieldaudit.sidecar.watch.watcher import Watcher
@@ -37,9 +37,6 @@ if TYPE_CHECKING:
     from shieldaudit.core.settings import StoreSettings
 
 log = logging.getLogger("shieldaudit.sidecar")
-
-_EVENT_TEXT = ("ts", "source", "action", "container", "container_id")
-_EVENT_TAIL = ("dest", "detail")
 
 
 class SidecarBusyError(instance.InstanceBusyError):
@@ -63,11 +60,7 @@ def watch_event(entry: dict[str, object]) -> bytes:
 
     The line's keys are documented in docs/sidecar.md, "``--emit``".
     """
-    event: dict[str, object] = {k: entry.get(k) or "" for k in _EVENT_TEXT}
-    event["seq"] = entry.get("seq")
-    for k in _EVENT_TAIL:
-        event[k] = entry.get(k) or ""
-    return json.dumps(event, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+    return WatchEvent.from_entry(entry).json_line()
 
 
 def line_emitter(stream: BinaryIO) -> Callable[[dict[str, object]], None]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from shieldaudit.listener.events import (
     MAX_DETAIL_CHARS,
@@ -14,9 +16,11 @@ from shieldaudit.listener.events import (
     SKIP_NOT_CONTAINER,
     EventKey,
     Mapped,
+    PodmanEvent,
     Skipped,
     decode_line,
     map_event,
+    refusal,
 )
 
 CID = "3f7863f5468984084bdc5a271e0df29839182490d5226d3395122a19d579b196"
@@ -198,3 +202,85 @@ def test_any_object_maps_or_skips_without_raising(event):
     if isinstance(result, Mapped):
         assert len(result.key.container_id) == 64
         json.dumps(result.fields)
+
+
+def _without(event: dict[str, object], *keys: str) -> dict[str, object]:
+    return {k: v for k, v in event.items() if k not in keys}
+
+
+@pytest.mark.parametrize(
+    ("event", "refused"),
+    [
+        (podman_event(Type="volume"), Skipped(SKIP_NOT_CONTAINER, "event type 'volume'")),
+        (podman_event(Type=None), Skipped(SKIP_NOT_CONTAINER, "event type 'None'")),
+        (
+            podman_event(Type=["container"]),
+            Skipped(SKIP_NOT_CONTAINER, "event type \"['container']\""),
+        ),
+        (podman_event(status=""), Skipped(SKIP_MALFORMED, "no status")),
+        (podman_event(status="x" * 65), Skipped(SKIP_MALFORMED, "no status")),
+        (podman_event(status=5), Skipped(SKIP_MALFORMED, "no status")),
+        (podman_event(status=None, Action="start"), Skipped(SKIP_MALFORMED, "no status")),
+        (_without(podman_event(Action=["x"]), "status"), Skipped(SKIP_MALFORMED, "no status")),
+        (podman_event(Actor={"ID": None}), Skipped(SKIP_BAD_ID, "container ID 'None'")),
+        (
+            podman_event(Actor={"ID": CID.upper()}),
+            Skipped(SKIP_BAD_ID, f"container ID {CID.upper()!r}"),
+        ),
+        (
+            podman_event(Actor="web", id=CID[:12]),
+            Skipped(SKIP_BAD_ID, f"container ID {CID[:12]!r}"),
+        ),
+        (podman_event(Actor={"ID": 7}), Skipped(SKIP_BAD_ID, "container ID '7'")),
+        (podman_event(timeNano=0, time=-1), Skipped(SKIP_MALFORMED, "no time")),
+        (podman_event(timeNano=True, time=True), Skipped(SKIP_MALFORMED, "no time")),
+        (
+            podman_event(timeNano="1795458373910091721", time="1"),
+            Skipped(SKIP_MALFORMED, "no time"),
+        ),
+        # Several problems: the first in the order type, status, ID, time is the reason.
+        (
+            podman_event(Type="image", status="", timeNano=None, time=None),
+            Skipped(SKIP_NOT_CONTAINER, "event type 'image'"),
+        ),
+        (
+            podman_event(status="", Actor={"ID": "x"}, timeNano=None, time=None),
+            Skipped(SKIP_MALFORMED, "no status"),
+        ),
+        (
+            podman_event(Actor={"ID": "x"}, timeNano=None, time=None),
+            Skipped(SKIP_BAD_ID, "container ID 'x'"),
+        ),
+    ],
+)
+def test_refused_shapes_give_one_reason(event, refused):
+    """An event the listener cannot record is refused with one reason, never an exception."""
+    assert map_event(event) == refused
+
+
+def test_odd_but_recordable_shapes_are_kept():
+    """Fields the listener does not need may be odd: a non-object Actor or Attributes is ignored."""
+    odd_attributes = map_event(podman_event(Actor={"ID": CID, "Attributes": [1]}))
+    actor_string = map_event(podman_event(Actor="x"))
+    bad_action = map_event(podman_event(Action=5))
+    bad_nano = map_event(podman_event(timeNano="soon"))
+
+    assert isinstance(odd_attributes, Mapped)
+    assert odd_attributes.fields["container"] == ""
+    assert isinstance(actor_string, Mapped)
+    assert actor_string.key.container_id == CID
+    assert isinstance(bad_action, Mapped)
+    assert bad_action.fields["action"] == "died"
+    assert isinstance(bad_nano, Mapped)
+    assert bad_nano.key.time_ns == 1795458373 * 10**9
+
+
+def test_podman_event_is_the_validated_boundary():
+    """PodmanEvent.of normalises Podman's shape; ValidationError carries the reason's field."""
+    valid = PodmanEvent.of(podman_event("start", HealthStatus="healthy"))
+
+    assert (valid.type, valid.status, valid.container_id) == ("container", "start", CID)
+    assert (valid.time_ns, valid.image, valid.health) == (1795458373910091721, IMAGE, "healthy")
+    with pytest.raises(ValidationError) as caught:
+        PodmanEvent.of(podman_event(Type="pod"))
+    assert refusal(caught.value) == Skipped(SKIP_NOT_CONTAINER, "event type 'pod'")
