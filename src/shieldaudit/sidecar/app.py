@@ -2,8 +2,9 @@
 
 The watch loop runs in the calling (main) thread so SIGTERM and SIGINT are
 handled there: the handler sets the stop event and wakes the loop, which saves
-its checkpoint, publishes, and returns; then the listener and the server stop.
-Everything is torn down well within the 2 s a supervisor grants.
+its checkpoint, publishes, and returns; then the listener stops, the final seal
+is made, and the server stops. Every wait on the way out is bounded, so a
+Podman service that went away or hangs cannot hold the exit.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import os
 import signal
 import threading
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Final, Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -38,6 +39,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shieldaudit.sidecar")
 
+#: Seconds shutdown waits for the listener's thread to stop.
+LISTENER_STOP_S: Final = 2.0
+#: Seconds shutdown waits for a periodic seal in progress before the final seal.
+SEAL_STOP_S: Final = 10.0
+
 
 class SidecarBusyError(instance.InstanceBusyError):
     """Another sidecar already counts this root."""
@@ -51,7 +57,7 @@ class ListenerHandle(Protocol):
         ...
 
     def close(self) -> None:
-        """Stop the listener and wait (briefly) for its thread."""
+        """Stop the listener and wait (bounded) for its thread; only the first call waits."""
         ...
 
 
@@ -179,7 +185,13 @@ class Sidecar:
         self.watcher.wake()
 
     def run(self) -> None:
-        """Start the listener, run the watch loop until :meth:`stop`, then shut down."""
+        """Start the listener, run the watch loop until :meth:`stop`, then shut down.
+
+        Every wait on the way out is bounded (see docs/sidecar.md, "Shutdown"):
+        the listener's thread gets :data:`LISTENER_STOP_S`, a seal in progress
+        :data:`SEAL_STOP_S`; what does not finish in time is logged and left
+        behind (both are daemon threads), and the process exits as usual.
+        """
         try:
             if self._listener_factory is not None:
                 self._listener = self._listener_factory()
@@ -191,19 +203,37 @@ class Sidecar:
                     daemon=True,
                 )
                 self._seal_thread.start()
-            self.watcher.run(self.stop_event)
+            self.watcher.run(self.stop_event)  # returns with the final checkpoint saved
+            self._stop_listener()  # before the last seal, so that it covers the last events
             if self._sealer is not None and self.stop_event.is_set():
-                if self._seal_thread is not None:
-                    self._seal_thread.join()
-                self._sealer.seal()  # a clean stop seals what this run saw last
+                self._final_seal(self._sealer)
         finally:
             self.close()
 
+    def _stop_listener(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except Exception:
+                log.exception("stopping the events listener failed")
+
+    def _final_seal(self, sealer: Sealer) -> None:
+        """Seal once more on a clean stop, after a periodic seal in progress (bounded wait)."""
+        thread = self._seal_thread
+        if thread is not None:
+            thread.join(SEAL_STOP_S)
+            if thread.is_alive():
+                log.warning(
+                    "a seal still running %gs after the stop was left unfinished: "
+                    "no final seal (the next seal covers this run)",
+                    SEAL_STOP_S,
+                )
+                return
+        sealer.seal()  # a clean stop seals what this run saw last
+
     def close(self) -> None:
         """Stop the listener and the server, release the watcher."""
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                self._listener.close()
+        self._stop_listener()
         self.server.close()
         self.watcher.close()
         self._unlock()
@@ -288,6 +318,7 @@ class ThreadedListener:
         self._listener = listener
         self._status = status
         self._on_close = on_close
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="events-listener", daemon=True)
         self._thread.start()
 
@@ -306,13 +337,28 @@ class ThreadedListener:
         connected, reconnects = self._status()
         return connected and self._thread.is_alive(), reconnects
 
-    def close(self, timeout: float = 1.0) -> None:
-        """Stop the listener, wait up to ``timeout`` seconds, then release its resources."""
+    def close(self, timeout: float = LISTENER_STOP_S) -> None:
+        """Stop the listener, wait up to ``timeout`` seconds, then release its resources.
+
+        Only the first call waits. A listener still running then (blocked on a
+        Podman service that accepts connections and never answers, for one) is
+        left behind with a warning: it writes nothing more, and its cursor is
+        saved after each event it wrote.
+        """
+        if self._closed:
+            return
+        self._closed = True
         with contextlib.suppress(Exception):
             self._listener.close()
         self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self._on_close()
+        if self._thread.is_alive():
+            log.warning(
+                "the events listener did not stop within %gs (waiting on the Podman service): "
+                "left behind",
+                timeout,
+            )
+            return
+        self._on_close()
 
 
 def start_listener(settings: Settings, keys: KeyRing) -> ListenerHandle:
