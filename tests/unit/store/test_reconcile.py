@@ -259,7 +259,7 @@ def test_watcher_counts_an_unaudited_start_once_across_a_crash(tmp_path, crash_b
     assert first_tally.unaudited_starts == 0  # still pending: not yet judged
     wall.now = (T0 + 3600 * S) / S
     first.scan()
-    first._judge_due()
+    first.judge_due()
     assert [e["action"] for e in first_emitted if e["source"] == "sidecar"] == ["unaudited_start"]
     if not crash_before_save:
         first.commit()
@@ -269,7 +269,7 @@ def test_watcher_counts_an_unaudited_start_once_across_a_crash(tmp_path, crash_b
     second_tally: Tally = Tally()
     second = watcher(root, wall, second_tally, [])
     second.scan()
-    second._judge_due()
+    second.judge_due()
     second.commit()
     second.close()
     assert first_tally.unaudited_starts + second_tally.unaudited_starts == 1

@@ -8,16 +8,20 @@ unavailable, or ``fs.inotify.max_user_watches`` is reached, the trails that
 could not be watched are polled every ``poll_interval`` seconds instead.
 
 Counts are published to the metrics only after the checkpoint that covers them
-is on disk (see :mod:`shieldaudit.sidecar.watch.tally`). That includes unaudited starts:
-each trail's reconciliation ledger (:mod:`shieldaudit.store.reconcile`) is fed
-by the entries as they are read and judged once a start is ``grace`` seconds
-old, and the ledger is saved in the same checkpoint record as the position.
+is on disk (:mod:`shieldaudit.sidecar.watch.commits`; the counts wait in
+:mod:`shieldaudit.sidecar.watch.tally`). That includes unaudited starts: each
+trail's reconciliation ledger (:mod:`shieldaudit.store.reconcile`) is fed by
+the entries as they are read and judged once a start is ``grace`` seconds old
+(:mod:`shieldaudit.sidecar.watch.starts`), and the ledger is saved in the same
+checkpoint record as the position.
+
+This module is the loop and discovery: which trails exist, which have
+something to read, and in what order reading, judging and saving happen.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import logging
 import os
 import selectors
@@ -33,12 +37,15 @@ from shieldaudit.sidecar.watch.checkpoint import (
     HOOK_SHARD,
     SHARDS,
     CheckpointWriter,
+    Loaded,
     Mark,
     checkpoint_path,
     load,
     shard_of,
 )
+from shieldaudit.sidecar.watch.commits import MAX_COMMIT_INTERVAL, Commits
 from shieldaudit.sidecar.watch.hookerrors import HookErrorsTail
+from shieldaudit.sidecar.watch.starts import StartJudge
 from shieldaudit.sidecar.watch.tailer import Tail
 from shieldaudit.sidecar.watch.tally import Tally
 from shieldaudit.sidecar.watch.watches import Watches
@@ -52,10 +59,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shieldaudit.sidecar")
 
+__all__ = ["IDLE_TIMEOUT", "MAX_COMMIT_INTERVAL", "READ_BUDGET", "Watcher"]
+
 #: Bytes read from one trail before others get a turn and a checkpoint may happen.
 READ_BUDGET: Final = 4 * 1024 * 1024
-#: Checkpoint at least this often while entries flow (docs/sidecar.md, "Exactly once").
-MAX_COMMIT_INTERVAL: Final = 1.0
 #: Housekeeping wake-up when idle and nothing is polled.
 IDLE_TIMEOUT: Final = 30.0
 
@@ -96,58 +103,58 @@ class Watcher:
             wall: the wall clock (seconds since the epoch), which entry times use.
         """
         self.root = root
-        self._publish = publish
         self._watched = watched
         self._emit = emit
         self._keys = keys
-        self._from_end = from_end
         self._poll_interval = poll_interval
         self._clock = clock
-        self._wall = wall
-        self._grace_us = round(grace * 1_000_000)
-        self._due: list[tuple[int, str]] = []  # (when µs, container): starts to judge
-        self._scheduled: dict[str, int] = {}
         self.ready = threading.Event()
         self._tallies = {shard: Tally() for shard in SHARDS}
         self._root_fd = layout.open_root(root, create=True)
         self._containers_fd = layout.open_subdir(
             self._root_fd, layout.CONTAINERS_DIR, layout.containers_path(root), create=True
         )
-        self._state_dir = layout.state_path(root)
-        self._state_dir.mkdir(mode=layout.DIR_MODE, exist_ok=True)
-        self._checkpoint = CheckpointWriter(checkpoint_path(root))
-        loaded = load(self._checkpoint.path)
+        layout.state_path(root).mkdir(mode=layout.DIR_MODE, exist_ok=True)
+        checkpoint = CheckpointWriter(checkpoint_path(root))
+        self._commits = Commits(checkpoint, self._tallies, publish, clock)
+        self._starts = StartJudge(
+            grace,
+            tally_of=lambda cid: self._tallies[shard_of(cid)],
+            changed=self._commits.unsaved.add,
+            emit=emit,
+            wall=wall,
+        )
+        loaded = load(checkpoint.path)
         self._saved_marks: dict[str, Mark] = loaded.marks if loaded else {}
-        for cid, mark in self._saved_marks.items():
-            self._checkpoint.update(cid, mark)  # kept as saved until the trail moves
         self._hook = HookErrorsTail(
             layout.hook_errors_path(root), loaded.hook_errors if loaded else None
         )
-        if loaded is not None:
-            # With a checkpoint there is no history to skip: trails that appeared
-            # while the sidecar was down hold new entries.
-            self._from_end = False
-        elif from_end:
-            self._hook.skip_to_end()
-        self._checkpoint.set_hook_errors(self._hook.position)
-        if loaded is None:
-            self._checkpoint.mark_all_dirty()  # the first save writes every shard
+        # With a checkpoint there is no history to skip: trails that appeared
+        # while the sidecar was down hold new entries.
+        self._from_end = from_end and loaded is None
+        self._resume(checkpoint, loaded)
         self._tails: dict[str, Tail] = {}
         self._scanned = False  # trails found after the first scan are new: read all of them
         self._dirty: set[str] = set()  # trails with something to read
-        self._unsaved: set[str] = set()  # trails whose mark moved since the last save
         self._hook_dirty = True
         self._polled: set[str] = set()
         self._poll_all = not use_inotify
         self._last_poll = 0.0
-        self._last_commit = clock()
-        self._commit_cost = 0.0
         self._watches: Watches | None = None
-        self._save_failing = False
         self._warned: set[str] = set()  # trails whose read failure was logged
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         if use_inotify:
             self._start_inotify(inotify_factory)
+
+    def _resume(self, checkpoint: CheckpointWriter, loaded: Loaded | None) -> None:
+        """Start the checkpoint writer from what was loaded (or mark everything to be written)."""
+        for cid, mark in self._saved_marks.items():
+            checkpoint.update(cid, mark)  # kept as saved until the trail moves
+        if self._from_end:
+            self._hook.skip_to_end()
+        checkpoint.set_hook_errors(self._hook.position)
+        if loaded is None:
+            checkpoint.mark_all_dirty()  # the first save writes every shard
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -213,8 +220,8 @@ class Watcher:
                         self._handle_events()
                 self._maybe_poll()
                 self.process(stop)
-                self._judge_due()
-                self._maybe_commit(force=False)
+                self.judge_due()
+                self._commits.maybe(self._tails)
         finally:
             selector.close()
             self.commit()
@@ -224,12 +231,14 @@ class Watcher:
         waits = [IDLE_TIMEOUT]
         if self._dirty:
             waits.append(0.0)
-        if self._pending():
-            waits.append(self._last_commit + self._commit_gap() - now)
+        commit = self._commits.wait()
+        if commit is not None:
+            waits.append(commit)
         if self._poll_all or self._polled:
             waits.append(self._last_poll + self._poll_interval - now)
-        if self._due:
-            waits.append((self._due[0][0] - self._now_us()) / 1_000_000)
+        start = self._starts.wait()
+        if start is not None:
+            waits.append(start)
         return max(0.0, min(waits))
 
     # -- discovery ----------------------------------------------------------------
@@ -248,7 +257,7 @@ class Watcher:
             self._remove(cid)
         for cid in [c for c in self._saved_marks if c not in present]:
             del self._saved_marks[cid]  # its trail was removed while we were down
-            self._checkpoint.forget(cid)
+            self._commits.checkpoint.forget(cid)
         self._dirty.update(self._tails)
         self._scanned = True
         self._hook_dirty = True
@@ -268,7 +277,7 @@ class Watcher:
                 self._tallies[shard_of(cid)],
                 emit=self._emit,
                 keys=self._keys,
-                audit_floor=self._now_us(),
+                audit_floor=self._starts.now_us(),
             )
         elif at_start and self._from_end:
             try:
@@ -289,9 +298,9 @@ class Watcher:
                 emit=self._emit,
                 keys=self._keys,
                 trusted=True,
-                audit_floor=self._now_us(),  # history skipped
+                audit_floor=self._starts.now_us(),  # history skipped
             )
-            self._unsaved.add(cid)
+            self._commits.unsaved.add(cid)
         else:
             tail = Tail(
                 cid,
@@ -311,11 +320,11 @@ class Watcher:
     def _remove(self, cid: str) -> None:
         self._tails.pop(cid, None)
         self._dirty.discard(cid)
-        self._unsaved.discard(cid)
+        self._commits.unsaved.discard(cid)
         self._polled.discard(cid)
         self._warned.discard(cid)
-        self._scheduled.pop(cid, None)
-        self._checkpoint.forget(cid)
+        self._starts.forget(cid)
+        self._commits.checkpoint.forget(cid)
         if self._watches is not None:
             self._watches.remove(cid)
 
@@ -391,12 +400,12 @@ class Watcher:
             count = self._hook.advance()
             if count:
                 self._tallies[HOOK_SHARD].hook_errors += count
-                self._checkpoint.set_hook_errors(self._hook.position)
+                self._commits.checkpoint.set_hook_errors(self._hook.position)
         while self._dirty:
             if stop is not None and stop.is_set():
                 return
             self._advance(self._dirty.pop())
-            self._maybe_commit(force=False)
+            self._commits.maybe(self._tails)
 
     def _advance(self, cid: str) -> None:
         tail = self._tails.get(cid)
@@ -420,118 +429,23 @@ class Watcher:
             os.close(dir_fd)
         if moved:
             self._warned.discard(cid)
-            self._unsaved.add(cid)
+            self._commits.unsaved.add(cid)
         if more:
             self._dirty.add(cid)
         else:
-            self._schedule(cid, tail)
-
-    # -- reconciliation -----------------------------------------------------------
-
-    def _now_us(self) -> int:
-        return round(self._wall() * 1_000_000)
-
-    def _schedule(self, cid: str, tail: Tail) -> None:
-        """Judge the trail's due starts now; remember when the next one is due."""
-        ledger = tail.mark.audit
-        if ledger is None or not ledger.pending:
-            return
-        due = ledger.next_due(self._grace_us)
-        if due is not None and due <= self._now_us():
-            self._judge(cid, tail)
-            due = ledger.next_due(self._grace_us)
-        if due is not None and due < self._scheduled.get(cid, due + 1):
-            self._scheduled[cid] = due
-            heapq.heappush(self._due, (due, cid))
-
-    def _judge_due(self) -> None:
-        """Judge the starts whose grace period is over, on trails read to their end."""
-        now = self._now_us()
-        while self._due and self._due[0][0] <= now:
-            when, cid = heapq.heappop(self._due)
-            if self._scheduled.get(cid) != when:
-                continue  # superseded by an earlier schedule
-            del self._scheduled[cid]
-            tail = self._tails.get(cid)
-            if tail is not None and cid not in self._dirty:  # else judged after its read
-                self._schedule(cid, tail)
-
-    def _judge(self, cid: str, tail: Tail) -> None:
-        ledger = tail.mark.audit
-        assert ledger is not None  # noqa: S101 -- every Tail has one
-        verdicts = ledger.judge(self._now_us(), self._grace_us)
-        if not verdicts:
-            return
-        self._unsaved.add(cid)  # the ledger is part of the checkpoint record
-        tally = self._tallies[shard_of(cid)]
-        for verdict in verdicts:
-            if verdict.unaudited:
-                tally.unaudited_starts += 1
-                log.warning(
-                    "unaudited start: container %s (%s) started at %s without hook entries (%s)",
-                    cid[:12],
-                    verdict.container or "-",
-                    verdict.watch_event(cid)["ts"],
-                    ", ".join(verdict.missing),
-                )
-                if self._emit is not None:
-                    self._emit(verdict.watch_event(cid))
+            self._starts.schedule(cid, tail)
 
     def _warn_once(self, cid: str, message: str) -> None:
         if cid not in self._warned:
             self._warned.add(cid)
             log.warning("%s", message)
 
-    def _commit_gap(self) -> float:
-        """Seconds between checkpoints: short when they are cheap, at most one second.
+    def judge_due(self) -> None:
+        """Judge the starts whose grace period is over, on trails read to their end."""
+        self._starts.judge_due(self._tails, self._dirty)
 
-        Publishing waits for the checkpoint, so this bounds entry-to-metric
-        latency; scaling it with the cost of a save keeps a 10,000-trail
-        checkpoint from eating the catch-up throughput.
-        """
-        return min(MAX_COMMIT_INTERVAL, max(0.01, 4 * self._commit_cost))
-
-    def _pending(self) -> bool:
-        """Return whether anything waits for a checkpoint."""
-        return bool(self._unsaved or self._checkpoint.dirty) or not all(
-            tally.empty() for tally in self._tallies.values()
-        )
-
-    def _maybe_commit(self, *, force: bool) -> None:
-        if not self._pending():
-            return
-        if force or self._clock() - self._last_commit >= self._commit_gap():
-            self.commit()
+    # -- committing (see commits.py) ----------------------------------------------
 
     def commit(self) -> None:
-        """Save the checkpoint shards that changed, publishing each one's counts once it is saved.
-
-        Counts reach the metrics only after the shard covering them is durable:
-        a scrape never shows what a restart would count again.
-        """
-        started = self._clock()
-        for cid in self._unsaved:
-            tail = self._tails.get(cid)
-            if tail is not None:
-                self._checkpoint.update(cid, tail.mark)
-        self._unsaved.clear()
-        for shard, tally in self._tallies.items():
-            if not tally.empty():
-                self._checkpoint.dirty.add(shard)
-        try:
-            for shard in self._checkpoint.save():
-                tally = self._tallies[shard]
-                if not tally.empty():
-                    self._publish(tally.take())
-        except OSError as exc:
-            # Unsaved shards stay dirty and their counts unpublished: retried after the gap.
-            if not self._save_failing:
-                log.warning("cannot save checkpoint in %s: %s", self._checkpoint.path, exc)
-            self._save_failing = True
-            self._last_commit = self._clock()
-            return
-        if self._save_failing:
-            log.warning("checkpoint saved again after earlier failures")
-        self._save_failing = False
-        self._last_commit = self._clock()
-        self._commit_cost = self._last_commit - started
+        """Save the checkpoint shards that changed; publish each one's counts once it is saved."""
+        self._commits.commit(self._tails)
