@@ -1,0 +1,109 @@
+"""Sidecar catch-up, two source trees compared on the same backlog in one run.
+
+``python bench/sidecar/catchup.py --tree before=/path/a/src --tree after=src``
+
+Writes one backlog (real chain format, as ``run.py`` does: N trails, 64 KiB
+segments, so sealed segments too), then for each round starts a ``shieldaudit
+sidecar --no-listen`` from each tree in turn (``PYTHONPATH=<tree>``), with no
+checkpoint, and times process start until ``shieldaudit_events_total`` reaches
+the backlog. The order of the trees alternates round by round; the report is
+each tree's median entries/s and the median of the per-round ratios to the
+first tree. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import RUN_CLI, generate  # noqa: E402 -- the sibling script's backlog writer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def events_total(port: int) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("shieldaudit_events_total{")
+    )
+
+
+def catch_up(tree: Path, root: Path, total: int) -> float:
+    """Return entries/s from process start until every entry is counted."""
+    shutil.rmtree(root / "state", ignore_errors=True)
+    (root / "state").mkdir(mode=0o700)
+    port = free_port()
+    env = {**os.environ, "SHIELDAUDIT_CONFIG": os.devnull, "PYTHONPATH": str(tree)}
+    env["SHIELDAUDIT_SEAL_INTERVAL"] = "0"
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN_CLI, "--root", str(root), "sidecar", "--no-listen"]
+        + ["--metrics-port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        while events_total(port) < total:
+            if proc.poll() is not None:
+                raise SystemExit(f"sidecar from {tree} exited during catch-up")
+            time.sleep(0.005)
+        elapsed = time.monotonic() - started
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    return total / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tree", action="append", required=True, metavar="NAME=SRC")
+    parser.add_argument("--containers", type=int, default=2_000)
+    parser.add_argument("--backlog", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    trees = [(name, Path(path).resolve()) for name, path in (t.split("=", 1) for t in args.tree)]
+    with tempfile.TemporaryDirectory(prefix="sa-catchup-") as tmp:
+        root = Path(tmp) / "root"
+        total = generate(root, args.containers, args.backlog // args.containers)
+        rates: dict[str, list[float]] = {name: [] for name, _ in trees}
+        for n in range(args.rounds):
+            order = trees if n % 2 == 0 else list(reversed(trees))
+            for name, tree in order:
+                rates[name].append(catch_up(tree, root, total))
+    first = trees[0][0]
+    print(f"catch-up, {total:,} entries in {args.containers:,} trails, {args.rounds} rounds")
+    print()
+    print("| tree | median entries/s | min – max | median ratio to " + first + " |")
+    print("|---|---:|---:|---:|")
+    for name, values in rates.items():
+        ratio = statistics.median(a / b for a, b in zip(values, rates[first], strict=True))
+        print(
+            f"| {name} | {statistics.median(values):,.0f} | {min(values):,.0f} – "
+            f"{max(values):,.0f} | {ratio:.2f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
