@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import RUN_CLI, generate  # noqa: E402 -- the sibling script's backlog writer
+from run import RUN_CLI, generate  # the sibling script's backlog writer
 
 
 def free_port() -> int:
@@ -58,8 +58,10 @@ def catch_up(tree: Path, root: Path, total: int) -> float:
     env["SHIELDAUDIT_SEAL_INTERVAL"] = "0"
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-c", RUN_CLI, "--root", str(root), "sidecar", "--no-listen"]
-        + ["--metrics-port", str(port)],
+        [
+            *(sys.executable, "-c", RUN_CLI, "--root", str(root)),
+            *("sidecar", "--no-listen", "--metrics-port", str(port)),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
     )
@@ -94,12 +96,12 @@ def main() -> int:
     first = trees[0][0]
     print(f"catch-up, {total:,} entries in {args.containers:,} trails, {args.rounds} rounds")
     print()
-    print("| tree | median entries/s | min – max | median ratio to " + first + " |")
+    print("| tree | median entries/s | min to max | median ratio to " + first + " |")
     print("|---|---:|---:|---:|")
     for name, values in rates.items():
         ratio = statistics.median(a / b for a, b in zip(values, rates[first], strict=True))
         print(
-            f"| {name} | {statistics.median(values):,.0f} | {min(values):,.0f} – "
+            f"| {name} | {statistics.median(values):,.0f} | {min(values):,.0f} to "
             f"{max(values):,.0f} | {ratio:.2f} |"
         )
     return 0
