@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from shieldaudit.core.settings import load_settings
+
 if TYPE_CHECKING:
     import click
 
-    from shieldaudit.core.config import Settings
+    from shieldaudit.core.settings import Settings
     from shieldaudit.store.chain import KeyRing
 
 
@@ -21,10 +23,11 @@ class AppContext:
     _settings: Settings | None = field(default=None, repr=False)
 
     def settings(self, **options: object | None) -> Settings:
-        """Return the validated settings; command options override everything else."""
-        if self._settings is None or options:
-            from shieldaudit.core.config import load_settings  # noqa: PLC0415 -- pydantic is heavy
+        """Return the validated settings; command options override everything else.
 
+        The settings are loaded once; a call with options loads them afresh.
+        """
+        if self._settings is None or options:
             merged: dict[str, object | None] = {"root": self.root_option, **options}
             loaded = load_settings(merged, config_file=self.config_option)
             if options:

@@ -1,14 +1,14 @@
-"""Typed command-line options for settings: click's number types over the settings parsers.
+"""Command-line options for settings: typed from the settings model, parsed by its rules.
 
 An option that sets a setting (``--metrics-port``, ``--poll-interval``, …) stays
 ``None`` when it is not given, so the environment, the config file and the
 default still apply in that order (docs/configuration.md). When it is given,
-the setting's own parser checks it: a bad value is the same one ``Error:
-invalid setting NAME (from option --NAME): …`` line as a bad environment
-variable, not a usage screen. The click number types make ``--help`` show the
-type and the range (``INTEGER RANGE … [0<=x<=65535]``), and the built-in
-default is shown as ``[default: 9469]``, as for any other option, without
-becoming the option's value.
+the setting's own rule reads it: a bad value is the same ``Error: invalid
+setting NAME (from option --NAME): …`` line as a bad environment variable, not
+a usage screen. The option's type comes from the model: a number setting shows
+``INTEGER RANGE`` or ``FLOAT RANGE`` with its range in ``--help``
+(``[0<=x<=65535]``), and the built-in default is shown as ``[default: 9469]``,
+as for any other option, without becoming the option's value.
 """
 
 from __future__ import annotations
@@ -26,24 +26,20 @@ if TYPE_CHECKING:
     from click.types import OptionHelpExtra
 
 
-def _parsed(setting: str, value: object, param: click.Parameter | None) -> object:
-    """Parse a given option value with the setting's parser, or raise its one-line error."""
-    if not isinstance(value, str):  # already converted (click may convert twice)
-        return value
-    flag = f"--{setting.replace('_', '-')}" if param is None else param.opts[-1]
-    try:
-        return SETTINGS_BY_NAME[setting].parse(value)
-    except ValueError as exc:
-        raise ConfigError(setting, f"option {flag}", str(exc)) from None
+def _whole(value: float | None) -> int | None:
+    """A range end of a whole-number setting."""
+    return None if value is None else int(value)
 
 
-class SettingInt(click.IntRange):
-    """An integer setting: shown as ``INTEGER RANGE``, parsed by the setting's parser."""
+def _bound(value: float | None) -> float | None:
+    """A range end as ``--help`` shows it: ``3600``, not ``3600.0``."""
+    return int(value) if value is not None and float(value).is_integer() else value
 
-    def __init__(self, setting: str, low: int | None = None, high: int | None = None) -> None:
-        """Bind to ``setting``; the bounds are what ``--help`` shows (the parser enforces them)."""
-        super().__init__(low, high)
-        self.setting = setting
+
+class _SettingType:
+    """The one conversion of every setting type: the setting's rule, or its one-line error."""
+
+    setting: str
 
     def convert(
         self,
@@ -51,33 +47,52 @@ class SettingInt(click.IntRange):
         param: click.Parameter | None,
         ctx: click.Context | None,  # noqa: ARG002 -- click's signature
     ) -> Any:  # noqa: ANN401
-        """Parse with the setting's parser."""
-        return _parsed(self.setting, value, param)
+        """Read a given value with the setting's rule (click may convert twice: keep a result)."""
+        if not isinstance(value, str):
+            return value
+        flag = f"--{self.setting.replace('_', '-')}" if param is None else param.opts[-1]
+        try:
+            return SETTINGS_BY_NAME[self.setting].parse(value)
+        except ValueError as exc:
+            raise ConfigError(self.setting, f"option {flag}", str(exc)) from None
 
 
-class SettingFloat(click.FloatRange):
-    """A number-of-seconds setting: shown as ``FLOAT RANGE``, parsed by the setting's parser."""
+class SettingInt(_SettingType, click.IntRange):
+    """A whole-number setting: ``INTEGER RANGE`` with the model's range."""
 
-    def __init__(
-        self,
-        setting: str,
-        low: float | None = None,
-        high: float | None = None,
-        *,
-        low_open: bool = False,
-    ) -> None:
-        """Bind to ``setting``; the bounds are what ``--help`` shows (the parser enforces them)."""
-        super().__init__(low, high, min_open=low_open)
+    def __init__(self, setting: str) -> None:
+        """Bind to ``setting``; the range shown is its rule's."""
+        rule = SETTINGS_BY_NAME[setting].rule
+        super().__init__(_whole(rule.low), _whole(rule.high), min_open=rule.low_open)
         self.setting = setting
 
-    def convert(
-        self,
-        value: Any,  # noqa: ANN401 -- click's signature
-        param: click.Parameter | None,
-        ctx: click.Context | None,  # noqa: ARG002 -- click's signature
-    ) -> Any:  # noqa: ANN401
-        """Parse with the setting's parser."""
-        return _parsed(self.setting, value, param)
+
+class SettingFloat(_SettingType, click.FloatRange):
+    """A number-of-seconds setting: ``FLOAT RANGE`` with the model's range."""
+
+    def __init__(self, setting: str) -> None:
+        """Bind to ``setting``; the range shown is its rule's."""
+        rule = SETTINGS_BY_NAME[setting].rule
+        super().__init__(_bound(rule.low), _bound(rule.high), min_open=rule.low_open)
+        self.setting = setting
+
+
+class SettingText(_SettingType, click.types.StringParamType):
+    """Any other setting (an address, a URL, a path): text, read by its rule."""
+
+    def __init__(self, setting: str) -> None:
+        """Bind to ``setting``."""
+        self.setting = setting
+
+
+def setting_type(setting: str) -> SettingInt | SettingFloat | SettingText:
+    """Return the option type for ``setting``, from the type of its field in the model."""
+    kind = SETTINGS_BY_NAME[setting].kind
+    if kind is int:
+        return SettingInt(setting)
+    if kind is float:
+        return SettingFloat(setting)
+    return SettingText(setting)
 
 
 class SettingOption(click.Option):
@@ -89,6 +104,7 @@ class SettingOption(click.Option):
 
     def __init__(self, *args: Any, setting: str, **kwargs: Any) -> None:  # noqa: ANN401 -- click's
         """Bind to ``setting``; ``default`` is always ``None`` (the lower layers apply)."""
+        kwargs.setdefault("type", setting_type(setting))
         super().__init__(*args, default=None, **kwargs)
         self.setting = setting
 
@@ -101,5 +117,5 @@ class SettingOption(click.Option):
 
 
 def setting_option(*decls: str, setting: str, **attrs: Any) -> Callable[[Any], Any]:  # noqa: ANN401
-    """A ``click.option`` for ``setting`` (see :class:`SettingOption`)."""
+    """A ``click.option`` for ``setting``, typed from the model (see :class:`SettingOption`)."""
     return click.option(*decls, cls=SettingOption, setting=setting, **attrs)

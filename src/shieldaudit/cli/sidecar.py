@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 import click
 
 from shieldaudit.cli.context import app
-from shieldaudit.cli.options import SettingFloat, SettingInt, setting_option
+from shieldaudit.cli.options import setting_option
 
 if TYPE_CHECKING:
-    from shieldaudit.core.config import Settings
+    from shieldaudit.core.settings import Settings
     from shieldaudit.sidecar.app import ListenerHandle
     from shieldaudit.store.chain import KeyRing
 
@@ -50,7 +50,6 @@ def raise_open_files_limit() -> None:
 @setting_option(
     "--metrics-port",
     setting="metrics_port",
-    type=SettingInt("metrics_port", 0, 65535),
     help="Port for /metrics (0: the kernel chooses).",
 )
 @click.option("--emit", is_flag=True, help="Write each entry as a WatchEvent JSON line on stdout.")
@@ -58,19 +57,16 @@ def raise_open_files_limit() -> None:
 @setting_option(
     "--poll-interval",
     setting="poll_interval",
-    type=SettingFloat("poll_interval", 0, 3600, low_open=True),
     help="Seconds between polls when inotify is unavailable or its watch limit is hit.",
 )
 @setting_option(
     "--unaudited-grace",
     setting="unaudited_grace",
-    type=SettingFloat("unaudited_grace", 0, 3600),
     help="Seconds a container start may wait for its hook entries before it counts as unaudited.",
 )
 @setting_option(
     "--http-timeout",
     setting="http_timeout",
-    type=SettingFloat("http_timeout", 0, 3600, low_open=True),
     help="Seconds an HTTP client has to send its request; idle connections close.",
 )
 @click.pass_context

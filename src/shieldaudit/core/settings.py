@@ -1,22 +1,31 @@
-"""Settings: the table of every setting, where values come from, and how each is parsed.
+"""Settings: every setting in one model, where values come from, and how each is read.
 
-Precedence (docs/configuration.md): command-line option > environment > TOML file > default.
-This module is standard library only because the hook's Python reference path
-loads it; :mod:`shieldaudit.core.config` wraps the same table in a
-pydantic model for the CLI, so both parse every value with the same functions.
+:class:`Settings` declares every setting once: its type, its rule (the parser
+that reads ``10MiB`` or ``1h`` and checks the range, with the wording of its
+error), its default and its help. :func:`load_settings` merges the sources
+(command-line option > environment ``SHIELDAUDIT_*`` > TOML file > default,
+docs/configuration.md) and pydantic validates the result against the model.
+
+Importing this module does not import pydantic: the hook's Python reference
+path loads it and must start fast. That path, :func:`load_store_settings`,
+merges the same sources with the same :func:`collect` and reads each value
+with the same rule, without pydantic, so the two never disagree.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal, TypeAlias
 
 from shieldaudit.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+
+    from pydantic import GetCoreSchemaHandler, TypeAdapter
+    from pydantic_core import CoreSchema
 
 DEFAULT_CONFIG_FILE: Final = Path("/etc/shieldaudit/config.toml")
 DEFAULT_MAX_SEGMENT_BYTES: Final = 10 * 1024 * 1024
@@ -26,6 +35,8 @@ MIN_SEGMENT_BYTES: Final = 256
 MAX_SEGMENT_BYTES: Final = 1024**3
 MAX_KEEP_SEGMENTS: Final = 100_000
 MAX_POLL_INTERVAL: Final = 3600.0
+MAX_GRACE: Final = 3600.0
+MAX_PORT: Final = 65535
 _SIZE_UNITS: Final = {
     "": 1,
     "b": 1,
@@ -151,8 +162,8 @@ def parse_optional_path(value: object) -> Path | None:
 def parse_port(value: object) -> int:
     """Parse a TCP port (0 lets the kernel choose, as tests do)."""
     number = parse_count(value)
-    if number > 65535:
-        raise ValueError(f"expected a port from 0 to 65535, got {number}")
+    if number > MAX_PORT:
+        raise ValueError(f"expected a port from 0 to {MAX_PORT}, got {number}")
     return number
 
 
@@ -179,15 +190,17 @@ def parse_interval(value: object) -> float:
 
 
 def parse_grace(value: object) -> float:
-    """Parse a grace period: seconds from 0 to one hour."""
+    """Parse a grace period: seconds from 0 to :data:`MAX_GRACE` (an hour)."""
     if isinstance(value, bool):
         raise ValueError("expected a number of seconds, not a boolean")
     try:
         number = float(str(value).strip())
     except ValueError:
         raise ValueError(f"expected a number of seconds, got {value!r}") from None
-    if not 0 <= number <= 3600:
-        raise ValueError(f"expected a number of seconds from 0 to 3600, got {value!r}")
+    if not 0 <= number <= MAX_GRACE:
+        raise ValueError(
+            f"expected a number of seconds from 0 to {MAX_GRACE:g}, got {value!r}",
+        )
     return number
 
 
@@ -237,98 +250,182 @@ def default_podman_url(uid: int | None = None, environ: Mapping[str, str] | None
 
 
 @dataclass(frozen=True, slots=True)
+class Rule:
+    """How a setting's raw value is read: its parser and the range it takes.
+
+    In :class:`Settings` a rule is annotation metadata that pydantic applies
+    as a before-validator: ``parse`` turns the raw text (``10MiB``, ``1h``,
+    ``yes``) into the field's type or raises a one-line ``ValueError``; the
+    field's type and the range (``low``/``high``) are then enforced by
+    pydantic. The hook's pydantic-free path calls ``parse`` itself; the CLI
+    shows the range in ``--help``.
+    """
+
+    parse: Callable[[object], object]
+    low: float | None = None
+    high: float | None = None
+    #: Whether ``low`` itself is excluded (a value must be above it).
+    low_open: bool = False
+
+    def __get_pydantic_core_schema__(
+        self, source: object, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        """Parse first, then check the field's type and range."""
+        from pydantic_core import core_schema  # noqa: PLC0415 -- only the model needs pydantic
+
+        schema = handler(source)
+        low = None if self.low_open else self.low
+        above = self.low if self.low_open else None
+        if schema["type"] == "int":
+            schema = core_schema.int_schema(
+                ge=None if low is None else int(low),
+                gt=None if above is None else int(above),
+                le=None if self.high is None else int(self.high),
+            )
+        elif schema["type"] == "float":
+            schema = core_schema.float_schema(allow_inf_nan=False, ge=low, gt=above, le=self.high)
+        return core_schema.no_info_before_validator_function(self.parse, schema)
+
+
+#: The kinds of setting: a type, and the :class:`Rule` that reads and checks a raw value.
+RootPath: TypeAlias = Annotated[Path, Rule(parse_path)]
+OptionalPath: TypeAlias = Annotated[Path | None, Rule(parse_optional_path)]
+Size: TypeAlias = Annotated[int, Rule(parse_size, MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES)]
+Keep: TypeAlias = Annotated[int, Rule(parse_keep, 0, MAX_KEEP_SEGMENTS)]
+Fsync: TypeAlias = Annotated[Literal["always", "never"], Rule(parse_fsync)]
+Flag: TypeAlias = Annotated[bool, Rule(parse_bool)]
+Text: TypeAlias = Annotated[str, Rule(parse_text)]
+Port: TypeAlias = Annotated[int, Rule(parse_port, 0, MAX_PORT)]
+Seconds: TypeAlias = Annotated[float, Rule(parse_interval, 0, MAX_POLL_INTERVAL, low_open=True)]
+Grace: TypeAlias = Annotated[float, Rule(parse_grace, 0, MAX_GRACE)]
+Duration: TypeAlias = Annotated[float, Rule(parse_seal_interval, 0, MAX_SEAL_INTERVAL)]
+
+
+def _about(text: str) -> dict[str, str]:
+    """Field metadata: what the setting is for (pydantic's ``description``; ``--help``)."""
+    return {"description": text}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Every setting, validated: the model of docs/configuration.md.
+
+    Build it with :func:`load_settings`. A field annotated with one of the
+    kinds above is a setting: its TOML key is the field name, its environment
+    variable ``SHIELDAUDIT_`` and the name in upper case. The annotations are
+    names of those kinds, so the hook's path finds each rule without
+    evaluating annotations (and without pydantic).
+    """
+
+    #: pydantic's configuration for this dataclass: no key outside the model.
+    __pydantic_config__: ClassVar[dict[str, object]] = {"extra": "forbid"}
+
+    root: RootPath = field(default_factory=default_root, metadata=_about("trail root directory"))
+    max_segment_bytes: Size = field(
+        default=DEFAULT_MAX_SEGMENT_BYTES,
+        metadata=_about("size at which audit.jsonl is sealed and a new segment starts"),
+    )
+    keep_segments: Keep = field(
+        default=DEFAULT_KEEP_SEGMENTS,
+        metadata=_about("sealed segments kept per container (0 keeps all)"),
+    )
+    fsync: Fsync = field(default="always", metadata=_about("always or never"))
+    key_file: OptionalPath = field(
+        default=None, metadata=_about("HMAC key file (first line signs; every line verifies)")
+    )
+    fail_closed: Flag = field(default=False, metadata=_about("hook exits 1 when it cannot record"))
+    metrics_addr: Text = field(
+        default="127.0.0.1", metadata=_about("sidecar metrics listen address")
+    )
+    metrics_port: Port = field(default=9469, metadata=_about("sidecar metrics port"))
+    podman_url: Text = field(
+        default_factory=default_podman_url,
+        metadata=_about("Podman service URL for the events listener"),
+    )
+    poll_interval: Seconds = field(
+        default=1.0, metadata=_about("sidecar polling interval when inotify is unavailable")
+    )
+    unaudited_grace: Grace = field(
+        default=5.0,
+        metadata=_about(
+            "seconds a container start may wait for its hook entries before it counts as unaudited"
+        ),
+    )
+    seal_interval: Duration = field(
+        default=3600.0,
+        metadata=_about("how often the sidecar seals every trail's head (1h; 0 turns it off)"),
+    )
+    http_timeout: Seconds = field(
+        default=5.0,
+        metadata=_about("seconds an HTTP client of the sidecar has to send its request"),
+    )
+    #: Not a setting: where ``key_file`` came from, named when the key file is unusable.
+    key_file_source: str = "default"
+
+    def store(self) -> StoreSettings:
+        """Return the subset a trail writer needs."""
+        return StoreSettings(
+            root=self.root,
+            max_segment_bytes=self.max_segment_bytes,
+            keep_segments=self.keep_segments,
+            fsync=self.fsync,
+            key_file=self.key_file,
+            fail_closed=self.fail_closed,
+            key_file_source=self.key_file_source,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Setting:
-    """One setting: its name (TOML key), environment variable, parser and default."""
+    """One setting of :class:`Settings`, as the loaders and the CLI see it."""
 
     name: str
     env: str
-    parse: Callable[[object], object]
+    rule: Rule
+    #: The field's type without its metadata: ``int``, ``float``, ``Path | None``, …
+    kind: object
     default: Callable[[], object]
     help: str
 
+    @property
+    def parse(self) -> Callable[[object], object]:
+        """The setting's parser (its rule's)."""
+        return self.rule.parse
 
-SETTINGS: Final[tuple[Setting, ...]] = (
-    Setting("root", "SHIELDAUDIT_ROOT", parse_path, default_root, "trail root directory"),
-    Setting(
-        "max_segment_bytes",
-        "SHIELDAUDIT_MAX_SEGMENT_BYTES",
-        parse_size,
-        lambda: DEFAULT_MAX_SEGMENT_BYTES,
-        "size at which audit.jsonl is sealed and a new segment starts",
-    ),
-    Setting(
-        "keep_segments",
-        "SHIELDAUDIT_KEEP_SEGMENTS",
-        parse_keep,
-        lambda: DEFAULT_KEEP_SEGMENTS,
-        "sealed segments kept per container (0 keeps all)",
-    ),
-    Setting("fsync", "SHIELDAUDIT_FSYNC", parse_fsync, lambda: "always", "always or never"),
-    Setting(
-        "key_file",
-        "SHIELDAUDIT_KEY_FILE",
-        parse_optional_path,
-        lambda: None,
-        "HMAC key file (first line signs; every line verifies)",
-    ),
-    Setting(
-        "fail_closed",
-        "SHIELDAUDIT_FAIL_CLOSED",
-        parse_bool,
-        lambda: False,
-        "hook exits 1 when it cannot record",
-    ),
-    Setting(
-        "metrics_addr",
-        "SHIELDAUDIT_METRICS_ADDR",
-        parse_text,
-        lambda: "127.0.0.1",
-        "sidecar metrics listen address",
-    ),
-    Setting(
-        "metrics_port",
-        "SHIELDAUDIT_METRICS_PORT",
-        parse_port,
-        lambda: 9469,
-        "sidecar metrics port",
-    ),
-    Setting(
-        "podman_url",
-        "SHIELDAUDIT_PODMAN_URL",
-        parse_text,
-        default_podman_url,
-        "Podman service URL for the events listener",
-    ),
-    Setting(
-        "poll_interval",
-        "SHIELDAUDIT_POLL_INTERVAL",
-        parse_interval,
-        lambda: 1.0,
-        "sidecar polling interval when inotify is unavailable",
-    ),
-    Setting(
-        "unaudited_grace",
-        "SHIELDAUDIT_UNAUDITED_GRACE",
-        parse_grace,
-        lambda: 5.0,
-        "seconds a container start may wait for its hook entries before it counts as unaudited",
-    ),
-    Setting(
-        "seal_interval",
-        "SHIELDAUDIT_SEAL_INTERVAL",
-        parse_seal_interval,
-        lambda: 3600.0,
-        "how often the sidecar seals every trail's head (1h; 0 turns it off)",
-    ),
-    Setting(
-        "http_timeout",
-        "SHIELDAUDIT_HTTP_TIMEOUT",
-        parse_interval,
-        lambda: 5.0,
-        "seconds an HTTP client of the sidecar has to send its request",
-    ),
-)
+
+def _constant(value: object) -> Callable[[], object]:
+    """Return a default factory for a plain default value."""
+    return lambda: value
+
+
+def _table() -> tuple[Setting, ...]:
+    """Read the settings off the model: every field whose annotation carries a :class:`Rule`."""
+    kinds = globals()
+    table: list[Setting] = []
+    for spec in fields(Settings):
+        kind: Any = kinds.get(spec.type) if isinstance(spec.type, str) else spec.type
+        rules = [m for m in getattr(kind, "__metadata__", ()) if isinstance(m, Rule)]
+        if not rules:
+            continue
+        factory = spec.default_factory
+        default = factory if factory is not MISSING else _constant(spec.default)
+        table.append(
+            Setting(
+                name=spec.name,
+                env=f"SHIELDAUDIT_{spec.name.upper()}",
+                rule=rules[0],
+                kind=kind.__origin__,
+                default=default,
+                help=spec.metadata["description"],
+            )
+        )
+    return tuple(table)
+
+
+SETTINGS: Final = _table()
 SETTINGS_BY_NAME: Final = {s.name: s for s in SETTINGS}
+
+
 CONFIG_ENV: Final = "SHIELDAUDIT_CONFIG"
 
 
@@ -416,7 +513,7 @@ def parse_one(name: str, raw: RawValue | None) -> object:
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    """What a trail writer needs; built without pydantic for the hook's start path."""
+    """What a trail writer needs: :meth:`Settings.store`, or :func:`load_store_settings`."""
 
     root: Path
     max_segment_bytes: int = DEFAULT_MAX_SEGMENT_BYTES
@@ -428,15 +525,24 @@ class StoreSettings:
     key_file_source: str = "settings"
 
 
+def sources(
+    options: Mapping[str, object | None],
+    environ: Mapping[str, str],
+    config_option: str | Path | None,
+) -> dict[str, RawValue]:
+    """Read the config file named by the option, environment or default, then :func:`collect`."""
+    path, required = config_path(config_option, environ)
+    file_values = read_config_file(path, required=required) if required or path.exists() else {}
+    return collect(options, environ, file_values, str(path))
+
+
 def load_store_settings(
     environ: Mapping[str, str],
     options: Mapping[str, object | None] | None = None,
     config_option: str | Path | None = None,
 ) -> StoreSettings:
-    """Load the writer settings from options, environment, config file and defaults."""
-    path, required = config_path(config_option, environ)
-    file_values = read_config_file(path, required=required) if required or path.exists() else {}
-    raw = collect(options or {}, environ, file_values, str(path))
+    """Load the writer settings without pydantic (the hook's path): same sources, same rules."""
+    raw = sources(options or {}, environ, config_option)
     root = parse_one("root", raw.get("root"))
     max_bytes = parse_one("max_segment_bytes", raw.get("max_segment_bytes"))
     keep = parse_one("keep_segments", raw.get("keep_segments"))
@@ -451,3 +557,45 @@ def load_store_settings(
     assert isinstance(fail_closed, bool)  # noqa: S101
     key_source = raw["key_file"].source if "key_file" in raw else "default"
     return StoreSettings(root, max_bytes, keep, fsync, key_file, fail_closed, key_source)
+
+
+_ADAPTER: list[TypeAdapter[Settings]] = []
+
+
+def _adapter() -> TypeAdapter[Settings]:
+    """Return the validator of :class:`Settings`, built on first use."""
+    if not _ADAPTER:
+        from pydantic import TypeAdapter  # noqa: PLC0415 -- kept off the hook's path
+
+        _ADAPTER.append(TypeAdapter(Settings))
+    return _ADAPTER[0]
+
+
+def load_settings(
+    options: Mapping[str, object | None] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> Settings:
+    """Load every setting by precedence: option > environment > TOML file > default.
+
+    ``options`` maps setting names to command-line values (``None``: not given).
+
+    Raises:
+        ConfigError: the config file is unusable or a value is invalid (the
+            message names the setting and where its value came from).
+    """
+    from pydantic import ValidationError  # noqa: PLC0415 -- kept off the hook's path
+
+    env = os.environ if environ is None else environ
+    raw = sources(options or {}, env, config_file)
+    values: dict[str, object] = {name: given.value for name, given in raw.items()}
+    if "key_file" in raw:
+        values["key_file_source"] = raw["key_file"].source
+    try:
+        return _adapter().validate_python(values)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        given = raw.get(name)
+        problem = error.get("ctx", {}).get("error", error["msg"])
+        raise ConfigError(name, given.source if given else "default", str(problem)) from None

@@ -34,8 +34,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import FrameType
 
-    from shieldaudit.core.config import Settings
-    from shieldaudit.core.settings import StoreSettings
+    from shieldaudit.core.settings import Settings, StoreSettings
 
 log = logging.getLogger("shieldaudit.sidecar")
 

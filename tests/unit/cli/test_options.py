@@ -78,7 +78,7 @@ def test_the_range_shown_is_the_range_the_parser_takes(option):
 
 
 @click.command()
-@setting_option("--metrics-port", setting="metrics_port", type=SettingInt("metrics_port", 0, 65535))
+@setting_option("--metrics-port", setting="metrics_port")
 @click.pass_obj
 def _probe(obj: dict[str, object], metrics_port: int | None) -> None:
     obj["given"] = metrics_port

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from shieldaudit.core import settings as core
-from shieldaudit.core.config import load_settings
 from shieldaudit.core.errors import ConfigError
+from shieldaudit.core.settings import load_settings
 
 
 def _file(tmp_path, text):
