@@ -14,6 +14,7 @@ with the same rule, without pydantic, so the two never disagree.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -115,7 +116,7 @@ def parse_fsync(value: object) -> str:
     """Parse the fsync policy: ``always`` or ``never``."""
     text = str(value).strip().lower()
     if text not in {"always", "never"}:
-        raise ValueError(f"expected 'always' or 'never', got {value!r}")
+        raise ValueError(f"expected 'always' or 'never', got {_shown(value)}")
     return text
 
 
@@ -128,7 +129,7 @@ def parse_bool(value: object) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise ValueError(f"expected true or false (1/0, yes/no), got {value!r}")
+    raise ValueError(f"expected true or false (1/0, yes/no), got {_shown(value)}")
 
 
 def env_fail_closed(environ: Mapping[str, str]) -> bool:
@@ -148,7 +149,7 @@ def parse_path(value: object) -> Path:
         raise ValueError("expected a path, got an empty value")
     path = Path(text).expanduser()
     if not path.is_absolute():
-        raise ValueError(f"expected an absolute path, got {text!r}")
+        raise ValueError(f"expected an absolute path, got {_shown(text)}")
     return path
 
 
@@ -196,10 +197,10 @@ def parse_grace(value: object) -> float:
     try:
         number = float(str(value).strip())
     except ValueError:
-        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+        raise ValueError(f"expected a number of seconds, got {_shown(value)}") from None
     if not 0 <= number <= MAX_GRACE:
         raise ValueError(
-            f"expected a number of seconds from 0 to {MAX_GRACE:g}, got {value!r}",
+            f"expected a number of seconds from 0 to {MAX_GRACE:g}, got {_shown(value)}",
         )
     return number
 
@@ -559,16 +560,12 @@ def load_store_settings(
     return StoreSettings(root, max_bytes, keep, fsync, key_file, fail_closed, key_source)
 
 
-_ADAPTER: list[TypeAdapter[Settings]] = []
-
-
+@functools.cache
 def _adapter() -> TypeAdapter[Settings]:
-    """Return the validator of :class:`Settings`, built on first use."""
-    if not _ADAPTER:
-        from pydantic import TypeAdapter  # noqa: PLC0415 -- kept off the hook's path
+    """Return pydantic's validator of :class:`Settings`, built on first use."""
+    from pydantic import TypeAdapter  # noqa: PLC0415 -- kept off the hook's path
 
-        _ADAPTER.append(TypeAdapter(Settings))
-    return _ADAPTER[0]
+    return TypeAdapter(Settings)
 
 
 def load_settings(

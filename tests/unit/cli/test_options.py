@@ -11,8 +11,14 @@ from click.testing import CliRunner
 
 from shieldaudit.cli import COMMANDS, run
 from shieldaudit.cli.context import AppContext
-from shieldaudit.cli.options import SettingFloat, SettingInt, SettingOption, setting_option
-from shieldaudit.core.settings import SETTINGS_BY_NAME
+from shieldaudit.cli.options import (
+    SettingFloat,
+    SettingInt,
+    SettingOption,
+    SettingText,
+    setting_option,
+)
+from shieldaudit.core import settings as core
 
 
 def _commands() -> list[click.Command]:
@@ -37,7 +43,7 @@ def test_sidecar_help_shows_types_ranges_and_defaults(capsys):
 
 
 def test_every_setting_option_is_typed_and_defaults_to_none():
-    """Each setting option has a number type (or a metavar) and no value of its own."""
+    """Each setting option is typed from the model and has no value of its own."""
     options = _setting_options()
     assert {o.setting for o in options} >= {
         "metrics_addr",
@@ -48,7 +54,10 @@ def test_every_setting_option_is_typed_and_defaults_to_none():
     }
     for option in options:
         assert option.default is None
-        assert isinstance(option.type, SettingInt | SettingFloat) or option.metavar
+        kind = core.SETTINGS_BY_NAME[option.setting].kind
+        expected = {int: SettingInt, float: SettingFloat}.get(kind, SettingText)
+        assert type(option.type) is expected
+        assert option.type.setting == option.setting
 
 
 @pytest.mark.parametrize(
@@ -60,7 +69,7 @@ def test_the_range_shown_is_the_range_the_parser_takes(option):
     """The bounds in --help agree with the setting's parser, at and just past each end."""
     kind = option.type
     assert isinstance(kind, SettingInt | SettingFloat)
-    parse = SETTINGS_BY_NAME[option.setting].parse
+    parse = core.SETTINGS_BY_NAME[option.setting].parse
     step = 1 if isinstance(kind, SettingInt) else 1e-6
     low, high = kind.min, kind.max
     assert low is not None
@@ -111,6 +120,7 @@ def test_an_unset_option_leaves_the_environment_and_file_in_charge(tmp_path, mon
         (["--poll-interval", "0"], "poll_interval (from option --poll-interval): expected a num"),
         (["--http-timeout", "nan"], "http_timeout (from option --http-timeout): expected a num"),
         (["--unaudited-grace", "-1"], "unaudited_grace (from option --unaudited-grace): expec"),
+        (["--metrics-addr", " "], "metrics_addr (from option --metrics-addr): expected a non"),
     ],
 )
 def test_a_bad_value_is_the_settings_one_line_error(tmp_path, capsys, args, message):
