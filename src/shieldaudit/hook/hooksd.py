@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from shieldaudit.core.errors import StorageError, UsageError
+from shieldaudit.core.errors import ShieldAuditError, StorageError, UsageError
 from shieldaudit.hook.ocistate import STAGES
 
 if TYPE_CHECKING:
@@ -284,7 +284,9 @@ def check_runnable(doc: Mapping[str, object]) -> str:
             _run_check([*reference, "--check"], env, b"", scratch),
         ]
         root = os.path.join(scratch, "root")  # noqa: PTH118
-        check_env = {**env, "SHIELDAUDIT_ROOT": root}
+        # Retention off in the throwaway root: with tiny segments each check
+        # entry is a segment of its own, and both must stay to be compared.
+        check_env = {**env, "SHIELDAUDIT_ROOT": root, "SHIELDAUDIT_KEEP_SEGMENTS": "0"}
         container_id = secrets.token_hex(32)
         state = json.dumps({"ociVersion": "1.0.2", "id": container_id, "status": "created"})
         for argv in (native, reference):
@@ -296,14 +298,16 @@ def check_runnable(doc: Mapping[str, object]) -> str:
 
 
 def _check_trail(root: Path, container_id: str, key_file: str | None) -> str:
+    """Read the check's trail through the store reader, every segment, and verify it."""
     from shieldaudit.store import chain  # noqa: PLC0415 -- only when installing
+    from shieldaudit.store.reader import TrailDir  # noqa: PLC0415
     from shieldaudit.store.verify import verify_container  # noqa: PLC0415
 
     keys = chain.load_keys(Path(key_file) if key_file else None)
-    trail = root / "containers" / container_id / "audit.jsonl"
     try:
-        seqs = [json.loads(line).get("seq") for line in trail.read_bytes().splitlines()]
-    except (OSError, ValueError) as exc:
+        with TrailDir(root, container_id) as trail:
+            seqs = [record.seq for record in trail.records()]
+    except (OSError, ShieldAuditError) as exc:
         raise StorageError(f"the hook check wrote no readable trail: {exc}") from None
     result = verify_container(root, container_id, keys)
     if seqs != [1, 2] or not result.ok:
