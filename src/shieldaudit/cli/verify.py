@@ -19,6 +19,7 @@ from shieldaudit.core.errors import (
     ConfigError,
     ContainerNotFoundError,
     ShieldAuditError,
+    UsageError,
 )
 from shieldaudit.fleet import check as fleet_check
 from shieldaudit.store import chain, fskey, layout, seals
@@ -29,6 +30,20 @@ if TYPE_CHECKING:
     from shieldaudit.store.verify import EntryCheck
 
 
+def _refuse_empty(
+    ctx: click.Context,  # noqa: ARG001 -- click's callback signature
+    param: click.Parameter,  # noqa: ARG001
+    verification_key: str | None,
+) -> str | None:
+    """An empty ``--verification-key`` is a usage error, not the same as leaving it out."""
+    if verification_key is not None and not verification_key.strip():
+        raise UsageError(
+            "--verification-key is empty: give the verification key file "
+            "that 'shieldaudit keys init' wrote"
+        )
+    return verification_key
+
+
 @click.command("verify")
 @click.argument("container", required=False, shell_complete=container_names)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per container.")
@@ -37,6 +52,7 @@ if TYPE_CHECKING:
     "verification_key",
     metavar="FILE",
     default=None,
+    callback=_refuse_empty,
     help="The evolving key's verification key: check every epoch, not only the current one.",
 )
 @click.option(
@@ -77,7 +93,7 @@ def verify_command(  # noqa: C901, PLR0912 -- one pass over the trails, then the
             )
         )
     host = context.keys()
-    keys = _with_verification_key(host, verification_key) if verification_key else host
+    keys = host if verification_key is None else _with_verification_key(host, verification_key)
     root = settings.root
     with Trails(root) as trails:
         trails.check_state()  # writers refuse a loose state/: say so here too

@@ -83,3 +83,17 @@ def test_a_planted_symlink_is_skipped_by_ls_and_reported_by_verify(root, tmp_pat
     assert check.code == 1
     assert check.lines[0].startswith(f"{cid('d')[:12]} - seq ?: ")
     assert check.lines[-1].startswith("FAILED: 4 container(s)")
+
+
+@pytest.mark.parametrize("given", ["", "  "])
+def test_an_empty_verification_key_is_a_usage_error(root, given):
+    """`--verification-key ''` was ignored (verify ran as without it): exit 2, one line."""
+    result = invoke(root, "verify", "--verification-key", given)
+    assert result.code == 2
+    assert result.out == ""
+    assert result.err.splitlines() == [
+        (
+            "Error: --verification-key is empty: give the verification key file "
+            "that 'shieldaudit keys init' wrote"
+        )
+    ]
