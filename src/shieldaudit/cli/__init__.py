@@ -173,6 +173,7 @@ def outcome(
     :func:`run` for a command that runs others in turn (``ls`` and ``verify``
     over node copies): Ctrl-C or a closed stdout ends them all, not one.
     """
+    extra.setdefault("prog_name", "shieldaudit")
     try:
         result = cli.main(
             args=list(argv) if argv is not None else None, standalone_mode=False, **extra
@@ -180,7 +181,13 @@ def outcome(
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        # A usage error is one line; a bare group (no_args_is_help) shows its help.
+        if isinstance(exc, click.UsageError) and not isinstance(
+            exc, click.exceptions.NoArgsIsHelpError
+        ):
+            click.echo(f"Error: {usage_line(exc)}", err=True)
+        else:
+            exc.show()
         return exc.exit_code
     except click.exceptions.Abort:
         # Only a declined prompt: Ctrl-C arrives as Ended.
@@ -191,6 +198,16 @@ def outcome(
         return exc.exit_code
     # Without standalone mode, click returns ctx.exit(N)'s code instead of raising.
     return result if isinstance(result, int) else 0
+
+
+def usage_line(exc: click.UsageError) -> str:
+    """Say a usage error in one line, in the style of every other error, and where help is.
+
+    click's own display is a usage block, a hint and the message on three lines.
+    """
+    message = " ".join(line.strip() for line in exc.format_message().splitlines() if line.strip())
+    command = exc.ctx.command_path if exc.ctx is not None else "shieldaudit"
+    return f"{message.rstrip('.')}: see '{command} --help'"
 
 
 def _silence_stdout() -> None:

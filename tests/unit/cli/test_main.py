@@ -77,13 +77,56 @@ def test_user_error_is_one_line_with_exit_2(tmp_path, capsys):
     assert err[0].startswith("Error: no trail matches 'nosuchname'")
 
 
-def test_unknown_command_is_a_usage_error(capsys):
-    """An unknown subcommand: exit 2, click's usage message, no traceback."""
-    status = cli.run(["frobnicate"])
-    err = capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["frobnicate"], "Error: No such command 'frobnicate': see 'shieldaudit --help'"),
+        (["show"], "Error: Missing argument 'CONTAINER': see 'shieldaudit show --help'"),
+        (
+            ["keys", "init"],
+            "Error: Missing option '--verification-key': see 'shieldaudit keys init --help'",
+        ),
+        (["collect"], "Error: Missing option '--central': see 'shieldaudit collect --help'"),
+        (["ls", "--bogus"], "Error: No such option '--bogus': see 'shieldaudit ls --help'"),
+        (
+            ["show", "x", "--source", "y"],
+            (
+                "Error: Invalid value for '--source': 'y' is not one of 'hook', 'events', 'cli': "
+                "see 'shieldaudit show --help'"
+            ),
+        ),
+    ],
+)
+def test_a_usage_error_is_one_error_line_with_exit_2(tmp_path, capsys, args, line):
+    """Unknown command or option, missing argument or option, bad choice: one line, no usage block.
+
+    The line says what is wrong and where the help is, like every other usage error.
+    """
+    status = cli.run(["--root", str(tmp_path / "root"), *args])
+    captured = capsys.readouterr()
     assert status == 2
-    assert "No such command 'frobnicate'" in err
-    assert "Traceback" not in err
+    assert captured.out == ""
+    assert captured.err.splitlines() == [line]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["show", "--help"], ["keys", "init", "-h"]])
+def test_help_is_still_the_help(capsys, args):
+    """--help prints the usage and the options on stdout, exit 0."""
+    status = cli.run(args)
+    captured = capsys.readouterr()
+    assert status == 0
+    assert captured.out.startswith("Usage: shieldaudit")
+    assert "Options:" in captured.out
+    assert captured.err == ""
+
+
+def test_a_bare_group_prints_its_help(capsys):
+    """`shieldaudit` or `shieldaudit keys` alone: the help, as a usage error (exit 2)."""
+    for args in ([], ["keys"]):
+        status = cli.run(args)
+        captured = capsys.readouterr()
+        assert status == 2
+        assert "Commands:" in captured.err
 
 
 @pytest.mark.parametrize(
