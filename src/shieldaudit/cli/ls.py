@@ -94,7 +94,7 @@ def ls_row(
     "--verify",
     "full_verify",
     is_flag=True,
-    help="Verify every chain in full (reads whole trails); default checks tails only.",
+    help="Verify every chain in full (reads whole trails), not only check each tail.",
 )
 @click.pass_context
 def ls_command(ctx: click.Context, *, as_json: bool, no_trunc: bool, full_verify: bool) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
+import click
 import pytest
 
 from shieldaudit import cli
@@ -218,3 +220,44 @@ def test_unusable_verification_key_path_is_one_error_line_with_exit_2(
     assert err[0].startswith("Error: ")
     assert problem.format(base=tmp_path) in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def _every_command():
+    """(path, command) for every command and subcommand, imported as the CLI would."""
+    found = []
+    ctx = click.Context(cli.cli, info_name="shieldaudit")
+    for name in cli.COMMANDS:
+        command = cli.cli.get_command(ctx, name)
+        found.append((name, command))
+        if isinstance(command, click.Group):
+            found += [(f"{name} {sub}", c) for sub, c in command.commands.items()]
+    return found
+
+
+def test_help_shows_every_default_the_same_way():
+    """An option with a default (a value, or a description of where it comes from) says so.
+
+    Always as click's ``[default: …]``, never only in the help sentence.
+    """
+    missing = []
+    for path, command in _every_command():
+        ctx = click.Context(command, info_name=path)
+        for param in command.params:
+            if not isinstance(param, click.Option) or param.hidden:
+                continue
+            if "default" in (param.help or "").lower():
+                missing.append(f"{path} {param.opts[-1]} (a default in the help sentence)")
+            valued = isinstance(param.default, (str, int, float, tuple, list))
+            if param.is_flag or not (valued or param.show_default):
+                continue  # no default: leaving it out has its own meaning, said in the help
+            if "default" not in param.get_help_extra(ctx):
+                missing.append(f"{path} {param.opts[-1]}")
+    assert missing == []
+
+
+def test_colour_comes_only_from_click_styling():
+    """No command writes escape codes of its own: colour is click.style's, decided at the edge."""
+    sources = Path(cli.__file__).parent.glob("*.py")
+    escapes = ("\\x1b", "\\033", "\\u001b", "\\e[")
+    offenders = [p.name for p in sources if any(e in p.read_text() for e in escapes)]
+    assert offenders == []
