@@ -49,7 +49,7 @@ def write_trail(
     files = []
     seq = 0
     for number in range(1, segments + 1):
-        name_on_disk = layout.ACTIVE if number == segments else layout.segment_name(number)
+        name_on_disk = layout.ACTIVE_FILE if number == segments else layout.segment_name(number)
         lines = []
         for _ in range(min(per, entries - seq)):
             seq += 1

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Final
 from click.shell_completion import CompletionItem
 
 from shieldaudit.core.errors import ShieldAuditError
+from shieldaudit.core.ids import HEX_DIGITS
 
 if TYPE_CHECKING:
     import click
 
     from shieldaudit.cli.trails import Trails
 
-_HEX: Final = frozenset("0123456789abcdef")
 #: Length of the IDs offered, as ``ls`` shows them (the full ID when that is not unique).
 SHORT_ID: Final = 12
 
@@ -53,7 +53,7 @@ def candidates(trails: Trails, incomplete: str) -> list[CompletionItem]:
             names.setdefault(summary.name, container_id[:SHORT_ID])
     items = [CompletionItem(name, help=short) for name, short in sorted(names.items())]
     lowered = incomplete.lower()
-    if lowered and _HEX.issuperset(lowered):
+    if lowered and HEX_DIGITS.issuperset(lowered):
         matching = sorted(i for i in ids if i.startswith(lowered))
         shorts = {i[:SHORT_ID] for i in ids}
         unique = len(shorts) == len(ids)

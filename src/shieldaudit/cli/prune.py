@@ -97,7 +97,7 @@ def _modified_ns(trails: Trails, container_id: str) -> int | None:
     can be seen (the trail vanished meanwhile).
     """
     latest: int | None = None
-    for name in (f"{container_id}/{layout.ACTIVE}", container_id):
+    for name in (f"{container_id}/{layout.ACTIVE_FILE}", container_id):
         try:
             st = os.stat(name, dir_fd=trails.fd, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):

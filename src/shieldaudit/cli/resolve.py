@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Final
 from shieldaudit.cli.output import warn
 from shieldaudit.cli.trails import Trails
 from shieldaudit.core.errors import AmbiguousContainerError, ContainerNotFoundError, UsageError
+from shieldaudit.core.ids import HEX_DIGITS
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from shieldaudit.store.summary import Summary
 
-_HEX: Final = frozenset("0123456789abcdef")
 #: Candidates listed in an "ambiguous" message.
 LISTED: Final = 10
 
@@ -47,7 +47,7 @@ def matches(trails: Trails, query: str) -> tuple[str, list[Summary]]:
     if lowered in ids:
         found = trails.summary(lowered)
         return ("id", [found]) if found is not None else ("none", [])
-    if _HEX.issuperset(lowered):
+    if HEX_DIGITS.issuperset(lowered):
         prefixed = [s for i in ids if i.startswith(lowered) for s in [trails.summary(i)] if s]
         if prefixed:
             return "prefix", _newest_first(prefixed)

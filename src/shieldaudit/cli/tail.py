@@ -141,8 +141,8 @@ class Follower:
         try:
             names = segment_names(dir_fd)
             ino, end = 0, 0
-            if names and names[-1] == layout.ACTIVE:
-                fd = _open(dir_fd, layout.ACTIVE)
+            if names and names[-1] == layout.ACTIVE_FILE:
+                fd = _open(dir_fd, layout.ACTIVE_FILE)
                 if fd is not None:
                     try:
                         ino = os.fstat(fd).st_ino
@@ -162,7 +162,9 @@ class Follower:
     def _advance(self, container_id: str, position: Position) -> list[Item]:
         try:
             st = os.stat(
-                f"{container_id}/{layout.ACTIVE}", dir_fd=self._trails.fd, follow_symlinks=False
+                f"{container_id}/{layout.ACTIVE_FILE}",
+                dir_fd=self._trails.fd,
+                follow_symlinks=False,
             )
         except FileNotFoundError:
             st = None
@@ -185,14 +187,14 @@ class Follower:
 
     def _read_new(self, dir_fd: int, position: Position) -> Iterator[Item]:
         names = segment_names(dir_fd)
-        active_ino = _ino(dir_fd, layout.ACTIVE)
+        active_ino = _ino(dir_fd, layout.ACTIVE_FILE)
         plan: list[tuple[str, int]] = []  # (segment, start offset)
         if active_ino is not None and active_ino == position.ino:
-            plan.append((layout.ACTIVE, position.offset))
+            plan.append((layout.ACTIVE_FILE, position.offset))
         else:
-            plan = self._catch_up(dir_fd, [n for n in names if n != layout.ACTIVE], position)
+            plan = self._catch_up(dir_fd, [n for n in names if n != layout.ACTIVE_FILE], position)
             if active_ino is not None:
-                plan.append((layout.ACTIVE, 0))
+                plan.append((layout.ACTIVE_FILE, 0))
         for name, start in plan:
             fd = _open(dir_fd, name)
             if fd is None:
@@ -209,7 +211,7 @@ class Follower:
                     if item is not None and item.seq > position.last_seq:
                         position.last_seq = item.seq
                         yield item
-                if name == layout.ACTIVE:
+                if name == layout.ACTIVE_FILE:
                     position.ino, position.offset = st.st_ino, offset
             finally:
                 os.close(fd)

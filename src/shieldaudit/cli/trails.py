@@ -261,8 +261,8 @@ def segment_names(dir_fd: int) -> list[str]:
     listing = os.listdir(dir_fd)
     numbers = sorted(n for n in map(layout.segment_number, listing) if n is not None)
     names = [layout.segment_name(n) for n in numbers]
-    if layout.ACTIVE in listing:
-        names.append(layout.ACTIVE)
+    if layout.ACTIVE_FILE in listing:
+        names.append(layout.ACTIVE_FILE)
     return names
 
 
@@ -331,7 +331,7 @@ def tail_lines(
         if fd is None:
             continue
         try:
-            end = active_end if name == layout.ACTIVE else None
+            end = active_end if name == layout.ACTIVE_FILE else None
             found[:0] = _last_lines(fd, count - len(found), end)
         finally:
             os.close(fd)

@@ -144,7 +144,7 @@ def _stream_of(path: str) -> tuple[str, str]:
     if len(parts) >= 4 and parts[-3] == layout.CONTAINERS_DIR:
         container_id, name = parts[-2], parts[-1]
         if ids.is_container_id(container_id) and (
-            name == layout.ACTIVE or layout.segment_number(name) is not None
+            name == layout.ACTIVE_FILE or layout.segment_number(name) is not None
         ):
             return container_id, name
     raise RefusedError("file", f"not a trail or seal file: {path[:120]!r}")
@@ -236,7 +236,7 @@ class _Stream:
 
     @property
     def active_name(self) -> str:
-        return layout.ACTIVE if self.segmented else SEALS_FILE
+        return layout.ACTIVE_FILE if self.segmented else SEALS_FILE
 
     def remember(self, seq: int, mac: str) -> None:
         self.recent[seq] = mac
@@ -472,7 +472,7 @@ class Collector:
             pass
         else:
             raise StorageError(f"{stream.shown / name} already exists: cannot seal the copy")
-        os.rename(layout.ACTIVE, name, src_dir_fd=stream.dir_fd, dst_dir_fd=stream.dir_fd)
+        os.rename(layout.ACTIVE_FILE, name, src_dir_fd=stream.dir_fd, dst_dir_fd=stream.dir_fd)
         os.close(stream.active_fd)
         stream.active_fd = -1
         stream.active_size = 0
@@ -683,7 +683,7 @@ class Collector:
         self._flush_stream(stream)
         names = (
             [layout.segment_name(n) for n in layout.list_segment_numbers(stream.dir_fd)]
-            + [layout.ACTIVE]
+            + [layout.ACTIVE_FILE]
             if stream.segmented
             else [SEALS_FILE]
         )

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from shieldaudit.core.errors import ConfigError
+from shieldaudit.core.ids import HEX_DIGITS
 from shieldaudit.store import fskey
 
 if TYPE_CHECKING:
@@ -74,7 +75,6 @@ CORE_DEFAULTS: Final[dict[str, object]] = {
     "dest": "",
     "detail": "",
 }
-_HEX: Final = frozenset("0123456789abcdef")
 # One encoder for every line: json.dumps() with non-default options builds a new
 # encoder per call, which is a noticeable part of an append.
 _ENCODER: Final = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
@@ -278,7 +278,7 @@ def line_mac(line: bytes) -> str | None:
     if signed_part(raw) is None:
         return None
     mac = raw[-MAC_HEX_LEN - 2 : -2].decode("ascii", "replace")
-    return mac if _HEX.issuperset(mac) else None
+    return mac if HEX_DIGITS.issuperset(mac) else None
 
 
 def expected_mac(

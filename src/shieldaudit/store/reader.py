@@ -125,11 +125,11 @@ class TrailDir:
         """Return the segments in order: sealed ones by number, then the active one."""
         found = [Segment(layout.segment_name(n), n) for n in layout.list_segment_numbers(self.fd)]
         try:
-            os.stat(layout.ACTIVE, dir_fd=self.fd, follow_symlinks=False)
+            os.stat(layout.ACTIVE_FILE, dir_fd=self.fd, follow_symlinks=False)
         except FileNotFoundError:
             pass
         else:
-            found.append(Segment(layout.ACTIVE, None))
+            found.append(Segment(layout.ACTIVE_FILE, None))
         return found
 
     def open_segment(self, segment: Segment) -> int:

@@ -449,7 +449,7 @@ def trail_head(containers_fd: int, cid: str, root: Path) -> Head:
         layout.check_dir(dir_fd, containers_fd, f"{root}/{layout.CONTAINERS_DIR}/{cid}")
         numbers = layout.list_segment_numbers(dir_fd)
         try:
-            fd = os.open(layout.ACTIVE, _FILE_FLAGS, dir_fd=dir_fd)
+            fd = os.open(layout.ACTIVE_FILE, _FILE_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
             fd = -1
         try:
@@ -470,7 +470,7 @@ def trail_head(containers_fd: int, cid: str, root: Path) -> Head:
 def _regular_size(fd: int, root: Path, cid: str) -> int:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        shown = layout.trail_dir(root, cid) / layout.ACTIVE
+        shown = layout.trail_dir(root, cid) / layout.ACTIVE_FILE
         raise UnsafePathError(f"{shown} is not a regular file: remove it")
     return st.st_size
 

@@ -147,7 +147,7 @@ def verify_container(
     if keys.keys and report.entries and state.last_keyed_seq != report.last_seq:
         start = state.first_unkeyed_after_key or report.first_seq
         state.problem(
-            Segment(layout.ACTIVE, None),
+            Segment(layout.ACTIVE_FILE, None),
             report.last_seq,
             f"entries from seq {start} on are not keyed although a key is configured: "
             "they are not protected against forgery",

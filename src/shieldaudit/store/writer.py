@@ -260,7 +260,7 @@ class TrailWriter:
         """
         if handle.active_fd >= 0:
             try:
-                on_disk = os.stat(layout.ACTIVE, dir_fd=handle.dir_fd, follow_symlinks=False)
+                on_disk = os.stat(layout.ACTIVE_FILE, dir_fd=handle.dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 on_disk = None
             # A second hard link made since it was opened: reopening refuses it.
@@ -280,13 +280,15 @@ class TrailWriter:
 
     def _open_active(self, handle: _Handle, container_id: str) -> tuple[int, int]:
         """Open (creating) ``audit.jsonl``: a regular file with no other hard link."""
-        shown = layout.trail_dir(self._root, container_id) / layout.ACTIVE
+        shown = layout.trail_dir(self._root, container_id) / layout.ACTIVE_FILE
         flags = os.O_RDWR | os.O_APPEND
         try:
-            fd = layout.open_regular(handle.dir_fd, layout.ACTIVE, flags, shown, single_link=True)
+            fd = layout.open_regular(
+                handle.dir_fd, layout.ACTIVE_FILE, flags, shown, single_link=True
+            )
         except FileNotFoundError:
             fd = layout.open_regular(
-                handle.dir_fd, layout.ACTIVE, flags | os.O_CREAT, shown, single_link=True
+                handle.dir_fd, layout.ACTIVE_FILE, flags | os.O_CREAT, shown, single_link=True
             )
             layout.fsync_dir(handle.dir_fd)
         handle.active_fd = fd
@@ -365,7 +367,7 @@ class TrailWriter:
                 raise _storage_error(self._active_path(container_id), exc) from None
 
     def _active_path(self, container_id: str) -> Path:
-        return self._root / layout.CONTAINERS_DIR / container_id / layout.ACTIVE
+        return self._root / layout.CONTAINERS_DIR / container_id / layout.ACTIVE_FILE
 
     @staticmethod
     def _undo(fd: int, size: int) -> None:
@@ -449,14 +451,14 @@ class TrailWriter:
             pass
         else:  # sealed segments are never overwritten
             raise StorageError(f"{shown_dir / name} already exists: cannot seal the active segment")
-        os.rename(layout.ACTIVE, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.rename(layout.ACTIVE_FILE, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         os.close(handle.active_fd)
         handle.active_fd = -1
         new_fd = layout.open_regular(
             dir_fd,
-            layout.ACTIVE,
+            layout.ACTIVE_FILE,
             os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL,
-            shown_dir / layout.ACTIVE,
+            shown_dir / layout.ACTIVE_FILE,
         )
         handle.active_fd = new_fd
         handle.active_ino = os.fstat(new_fd).st_ino

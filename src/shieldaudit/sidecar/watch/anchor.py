@@ -19,7 +19,7 @@ from shieldaudit.store.tailscan import reverse_lines
 
 CHUNK: Final = 1024 * 1024
 MAX_LINE_BYTES: Final = 1024 * 1024
-ACTIVE: Final = 0  # the segment number used for audit.jsonl in marks
+ACTIVE_SEGMENT: Final = 0  # the segment number used for audit.jsonl in marks
 _NL: Final = b"\n"
 
 
@@ -30,7 +30,7 @@ def anchor_bytes(mac: str) -> bytes:
 
 def segment_file(number: int) -> str:
     """Return the file name of a segment number (0: the active ``audit.jsonl``)."""
-    return layout.ACTIVE if number == ACTIVE else layout.segment_name(number)
+    return layout.ACTIVE_FILE if number == ACTIVE_SEGMENT else layout.segment_name(number)
 
 
 def find_pattern(dir_fd: int, name: str, pattern: bytes) -> tuple[int, int, int] | None:
@@ -62,7 +62,7 @@ def mark_at_end(dir_fd: int) -> Mark:
     """Return a mark that skips all history: after the last entry, every segment counted."""
     numbers = layout.list_segment_numbers(dir_fd)
     mark = Mark(rotated=numbers[-1] if numbers else 0)
-    for number in [ACTIVE, *reversed(numbers)]:
+    for number in [ACTIVE_SEGMENT, *reversed(numbers)]:
         name = segment_file(number)
         try:
             fd = layout.open_regular(dir_fd, name, os.O_RDONLY, Path(name))

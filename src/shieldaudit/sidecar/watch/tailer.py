@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from shieldaudit.sidecar.watch.anchor import (
-    ACTIVE,
+    ACTIVE_SEGMENT,
     CHUNK,
     MAX_LINE_BYTES,
     anchor_bytes,
@@ -131,10 +131,10 @@ class Tail:
     def _step(self, dir_fd: int) -> bool:
         """Read from the current position; return True to go on with the next segment."""
         m = self.mark
-        if m.segment != ACTIVE:
+        if m.segment != ACTIVE_SEGMENT:
             return self._read_sealed(dir_fd)
         try:
-            st = os.stat(layout.ACTIVE, dir_fd=dir_fd, follow_symlinks=False)
+            st = os.stat(layout.ACTIVE_FILE, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return False
         if m.inode == 0:
@@ -152,7 +152,7 @@ class Tail:
             raise _Resync  # truncated: what we counted may be gone or rewritten
         if st.st_size == m.offset:
             return False
-        self._read(dir_fd, layout.ACTIVE, sealed=False)
+        self._read(dir_fd, layout.ACTIVE_FILE, sealed=False)
         return False
 
     def _first_segment(self, dir_fd: int) -> bool:
@@ -193,7 +193,7 @@ class Tail:
             self._tally.rotations += 1
             m.rotated = m.segment
         later = [n for n in layout.list_segment_numbers(dir_fd) if n > m.segment]
-        m.segment = later[0] if later else ACTIVE
+        m.segment = later[0] if later else ACTIVE_SEGMENT
         m.offset = 0
         m.skipping = False
         try:
@@ -363,19 +363,19 @@ class Tail:
         numbers = layout.list_segment_numbers(dir_fd)
         if m.last_seq or m.last_mac:
             pattern = anchor_bytes(m.last_mac)
-            for number in [ACTIVE, *reversed(numbers)]:
+            for number in [ACTIVE_SEGMENT, *reversed(numbers)]:
                 found = find_pattern(dir_fd, segment_file(number), pattern)
                 if found is None:
                     continue
                 inode, end, size = found
                 m.segment, m.inode, m.offset = number, inode, end
-                if number != ACTIVE and end == size:
+                if number != ACTIVE_SEGMENT and end == size:
                     self._finish_sealed(dir_fd)
                     self._at_boundary = True
                 return
             self._accept_next = True
         later = [n for n in numbers if n > m.rotated]
-        m.segment = later[0] if later else ACTIVE
+        m.segment = later[0] if later else ACTIVE_SEGMENT
         m.offset = 0
         try:
             m.inode = os.stat(segment_file(m.segment), dir_fd=dir_fd, follow_symlinks=False).st_ino

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Final, Self
 from shieldaudit.core import ids
 from shieldaudit.core.errors import ShieldAuditError
 from shieldaudit.sidecar.watch import inotify
-from shieldaudit.sidecar.watch.anchor import ACTIVE, mark_at_end
+from shieldaudit.sidecar.watch.anchor import ACTIVE_SEGMENT, mark_at_end
 from shieldaudit.sidecar.watch.checkpoint import (
     HOOK_SHARD,
     SHARDS,
@@ -378,10 +378,10 @@ class Watcher:
 
     def _changed(self, cid: str, mark: Mark) -> bool:
         """Cheap poll check: one ``stat`` of the active segment."""
-        if mark.segment != ACTIVE:
+        if mark.segment != ACTIVE_SEGMENT:
             return True
         try:
-            st = os.stat(f"{cid}/{layout.ACTIVE}", dir_fd=self._containers_fd)
+            st = os.stat(f"{cid}/{layout.ACTIVE_FILE}", dir_fd=self._containers_fd)
         except OSError:
             return False
         return st.st_ino != mark.inode or st.st_size != mark.offset
