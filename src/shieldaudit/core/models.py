@@ -1,23 +1,30 @@
 """Pydantic models of what crosses a boundary: trail entries and WatchEvent lines.
 
-The hook writes entries without these (it must not import pydantic); readers,
-the CLI and tests validate with them.
+The hook writes entries without these (it must not import pydantic); every
+reader decodes stored lines into :class:`Entry` (``store.reader.decode``).
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Final, Literal, Protocol, overload
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from shieldaudit.core.ids import is_container_id
 from shieldaudit.core.timefmt import parse_ts
 
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
 Source = Literal["hook", "events", "cli"]
+_MISSING: Final = object()
+
+
+class Fields(Protocol):
+    """Read access that an :class:`Entry` and a plain dict of entry fields share."""
+
+    @overload
+    def get(self, key: str, /) -> object: ...
+    @overload
+    def get(self, key: str, default: object, /) -> object: ...
 
 
 def _check_ts(value: str) -> str:
@@ -58,6 +65,17 @@ class Entry(BaseModel):
     chain: str
     mac: Hex64
 
+    def get(self, key: str, default: object = None, /) -> object:
+        """Return the value of a field or extra key, else ``default`` (as ``dict.get``).
+
+        An absent optional field reads as its default (``""`` or None).
+        """
+        value = self.__dict__.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
+        extra = self.__pydantic_extra__
+        return default if extra is None else extra.get(key, default)
+
 
 def _event_text(value: object) -> object:
     """A WatchEvent text field: an entry's missing or empty value is ``""``.
@@ -94,7 +112,7 @@ class WatchEvent(BaseModel):
     detail: EventText = ""
 
     @classmethod
-    def from_entry(cls, entry: Mapping[str, object]) -> WatchEvent:
+    def from_entry(cls, entry: Fields) -> WatchEvent:
         """Project an entry (or an ``unaudited_start`` verdict) onto the WatchEvent fields."""
         return cls.model_validate({k: entry.get(k) for k in cls.model_fields})
 

@@ -93,12 +93,8 @@ class Parting:
 def _entries(root: Path, container_id: str) -> Iterator[tuple[int, str]]:
     with TrailDir(root, container_id) as trail:
         for record in trail.records():
-            entry = record.entry
-            if entry is None:
-                continue
-            seq, mac = entry.get("seq"), entry.get("mac")
-            if isinstance(seq, int) and isinstance(mac, str):
-                yield seq, mac
+            if record.entry is not None:
+                yield record.entry.seq, record.entry.mac
 
 
 def compare(here: Path, there: Path) -> list[Parting]:

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
     from pathlib import Path
 
+    from shieldaudit.core.models import Fields
     from shieldaudit.core.settings import StoreSettings
 
 SEALS_DIR: Final = "seals"
@@ -359,9 +360,7 @@ def key_problems(result: Fold, series: fskey.Series | None, *, on_host: bool) ->
     return [rolled_back]
 
 
-def entry_checker(
-    result: Fold, container_id: str
-) -> Callable[[int, Mapping[str, object]], str | None]:
+def entry_checker(result: Fold, container_id: str) -> Callable[[int, Fields], str | None]:
     """Return the per-entry check of one trail against its seals (pure).
 
     An entry at a sealed ``seq`` must have the sealed mac. An entry signed with
@@ -375,7 +374,7 @@ def entry_checker(
     by_seq = {p.seq: p for p in pins}
     last_epoch = result.last_epoch
 
-    def check(seq: int, entry: Mapping[str, object]) -> str | None:
+    def check(seq: int, entry: Fields) -> str | None:
         wrong_epoch = epoch_problem(seq, entry)
         if wrong_epoch is not None:
             return wrong_epoch
@@ -384,7 +383,7 @@ def entry_checker(
             return f"differs from seal {pin.seal}, which recorded this entry: history rewritten"
         return None
 
-    def epoch_problem(seq: int, entry: Mapping[str, object]) -> str | None:
+    def epoch_problem(seq: int, entry: Fields) -> str | None:
         epoch = entry.get("epoch")
         if not isinstance(epoch, int) or not str(entry.get("chain", "")).startswith(
             chain.ALG_EVOLVING_PREFIX

@@ -17,25 +17,33 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 _CHUNK: Final = 64 * 1024
+_FIRST_CHUNK: Final = 8 * 1024
 _NL: Final = b"\n"
 
 
-def reverse_lines(fd: int, end: int) -> Iterator[bytes]:
+def reverse_lines(fd: int, end: int, *, max_line: int | None = None) -> Iterator[bytes]:
     """Yield the lines of ``fd[:end]`` last first, without newlines; ``end`` follows a newline.
 
-    Empty lines are skipped. Reads backwards in chunks, so finding the last
-    entry costs one small read.
+    The one backward line splitter of the store. Empty lines are skipped.
+    Reads backwards, a small chunk first, so finding the last entry costs one
+    small read. With ``max_line`` (readers), a line longer than that is not
+    held: it is dropped, and what is read of its start comes out as a
+    fragment that is no entry; writers (None) keep every line whole.
     """
     pos = end
     carry = b""
+    step = _FIRST_CHUNK
     while pos > 0:
-        step = min(_CHUNK, pos)
+        step = min(step, pos)
         pos -= step
         parts = (os.pread(fd, step, pos) + carry).split(_NL)
         carry = parts[0]  # may continue before ``pos``: completed by the next chunk
         for part in reversed(parts[1:]):
             if part:
                 yield part
+        if max_line is not None and len(carry) > max_line:
+            carry = b""
+        step = _CHUNK
     if carry:
         yield carry
 

@@ -25,11 +25,13 @@ from shieldaudit.store import chain, layout
 from shieldaudit.store.reader import Record, Segment, TrailDir
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable
     from pathlib import Path
 
+    from shieldaudit.core.models import Entry, Fields
+
     #: A further check of each entry (against the seals): a problem message, or None.
-    EntryCheck = Callable[[int, Mapping[str, object]], str | None]
+    EntryCheck = Callable[[int, Fields], str | None]
 
 #: Problems kept (and printed) per container; the rest are only counted.
 MAX_PROBLEMS: Final = 20
@@ -220,9 +222,8 @@ def _check(state: _State, record: Record) -> None:
         after = f" (after seq {report.last_seq})" if report.last_seq is not None else ""
         state.problem(segment, None, f"line {record.line.lineno}{after}: {record.error}")
         return
-    seq = record.seq
-    assert seq is not None  # noqa: S101 -- parse_line guarantees an int seq
-    if entry.get("container_id") != report.container_id:
+    seq = entry.seq
+    if entry.container_id != report.container_id:
         state.problem(segment, seq, "entry belongs to another container (container_id differs)")
     _check_mac(state, record, entry, seq)
     _check_link(state, segment, entry, seq)
@@ -237,15 +238,11 @@ def _check(state: _State, record: Record) -> None:
         return  # an out-of-place entry: keep following the chain it interrupted
     report.last_seq = seq
     state.expected_seq = seq + 1
-    mac = entry.get("mac")
-    state.expected_prev = mac if isinstance(mac, str) else None
+    state.expected_prev = entry.mac
 
 
-def _check_mac(state: _State, record: Record, entry: dict[str, object], seq: int) -> None:
-    alg = entry.get("chain")
-    if not isinstance(alg, str):
-        state.problem(record.segment, seq, "missing chain algorithm")
-        return
+def _check_mac(state: _State, record: Record, entry: Entry, seq: int) -> None:
+    alg = entry.chain
     keyed = alg.startswith((chain.ALG_KEYED_PREFIX, chain.ALG_EVOLVING_PREFIX))
     if keyed:
         state.report.keyed = True
@@ -265,13 +262,13 @@ def _check_mac(state: _State, record: Record, entry: dict[str, object], seq: int
     if want is None:
         state.problem(record.segment, seq, f"cannot check: {why}", once=keyed)
         return
-    if entry.get("mac") != want or chain.line_mac(record.line.data) != want:
+    if entry.mac != want or chain.line_mac(record.line.data) != want:
         state.problem(record.segment, seq, "entry modified: its mac does not match its content")
 
 
-def _check_link(state: _State, segment: Segment, entry: dict[str, object], seq: int) -> None:
+def _check_link(state: _State, segment: Segment, entry: Entry, seq: int) -> None:
     expected = state.expected_seq
-    prev = entry.get("prev")
+    prev = entry.prev
     if expected is None:
         if seq == 1 and prev != chain.GENESIS:
             state.problem(segment, seq, "first entry does not link to the genesis value")

@@ -88,10 +88,10 @@ def test_directories_of_the_roots_owner_and_of_root_are_accepted(tmp_path):
     for path in (root, root / "containers", trail(root, CID_A)):
         os.chown(path, OTHER_UID, -1)
     with TrailDir(root, CID_A) as directory:
-        assert [e["seq"] for e in directory.last_entries(5)] == [1]
+        assert [e.seq for e in directory.last_entries(5)] == [1]
     os.chown(trail(root, CID_A), 0, -1)
     with TrailDir(root, CID_A) as directory:
-        assert [e["seq"] for e in directory.last_entries(5)] == [1]
+        assert [e.seq for e in directory.last_entries(5)] == [1]
 
 
 def test_writer_refuses_a_root_owned_by_another_user(tmp_path):

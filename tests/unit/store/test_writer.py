@@ -282,7 +282,7 @@ def test_reader_last_entries_reads_across_segments(tmp_path):
     write(root, CID_A, 10, max_segment_bytes=1024)
     with TrailDir(root, CID_A) as directory:
         last = directory.last_entries(4)
-    assert [e["seq"] for e in last] == [7, 8, 9, 10]
+    assert [e.seq for e in last] == [7, 8, 9, 10]
 
 
 def test_deeply_nested_garbage_line_is_skipped_not_a_crash(tmp_path):
