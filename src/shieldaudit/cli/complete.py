@@ -19,7 +19,7 @@ from shieldaudit.core.ids import HEX_DIGITS
 if TYPE_CHECKING:
     import click
 
-    from shieldaudit.cli.trails import Trails
+    from shieldaudit.store.trails import Trails
 
 #: Length of the IDs offered, as ``ls`` shows them (the full ID when that is not unique).
 SHORT_ID: Final = 12
@@ -32,7 +32,7 @@ def container_names(
 ) -> list[CompletionItem]:
     """Complete a CONTAINER argument from the trails under the configured root."""
     from shieldaudit.cli.context import AppContext  # noqa: PLC0415 -- only when completing
-    from shieldaudit.cli.trails import Trails  # noqa: PLC0415
+    from shieldaudit.store.trails import Trails  # noqa: PLC0415
 
     top = ctx.find_root().params
     context = AppContext(root_option=top.get("root"), config_option=top.get("config_file"))

@@ -17,9 +17,9 @@ from shieldaudit.cli import render
 from shieldaudit.cli.context import app
 from shieldaudit.cli.fleet import each_node
 from shieldaudit.cli.output import colour_wanted, warn
-from shieldaudit.cli.trails import Trails
 from shieldaudit.core.errors import ContainerNotFoundError
 from shieldaudit.fleet.check import is_fleet
+from shieldaudit.store.trails import Trails
 
 if TYPE_CHECKING:
     from shieldaudit.store.summary import Summary

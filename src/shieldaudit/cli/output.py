@@ -15,7 +15,7 @@ import click
 from shieldaudit.cli import render
 
 if TYPE_CHECKING:
-    from shieldaudit.cli.trails import Trails
+    from shieldaudit.store.trails import Trails
 
 
 def colour_wanted() -> bool:

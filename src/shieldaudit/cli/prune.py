@@ -33,11 +33,11 @@ from shieldaudit.cli import render
 from shieldaudit.cli.context import app
 from shieldaudit.cli.output import warn
 from shieldaudit.cli.timeargs import parse_age, ts_bound
-from shieldaudit.cli.trails import Trails
 from shieldaudit.core.errors import EXIT_FAILURE, LockTimeoutError, ShieldAuditError, StorageError
 from shieldaudit.core.timefmt import format_ns
 from shieldaudit.store import layout, pending, seals
 from shieldaudit.store.summary import ENDED
+from shieldaudit.store.trails import Trails
 
 if TYPE_CHECKING:
     from shieldaudit.store.summary import Summary

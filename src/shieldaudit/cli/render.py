@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from datetime import datetime
 
+    from shieldaudit.core.models import Fields
+
 #: ``click.style`` arguments (foreground colour, bold, dim) by style name.
 STYLES: Final[dict[str, tuple[str | None, bool, bool]]] = {
     "bold": (None, True, False),
@@ -164,7 +166,7 @@ def short_ts(ts: str, *, exact: bool) -> str:
     return ts[:19] + "Z"
 
 
-def details(entry: Mapping[str, object]) -> str:
+def details(entry: Fields) -> str:
     """Summarise the optional fields of an entry as ``key=value`` pairs."""
     parts = []
     for key in ("pid", "exit_code", "image", "dest", "detail"):
@@ -177,7 +179,7 @@ def details(entry: Mapping[str, object]) -> str:
 
 
 def entry_line(
-    entry: Mapping[str, object],
+    entry: Fields,
     *,
     exact: bool,
     colour: bool,

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from shieldaudit.cli.output import warn
-from shieldaudit.cli.trails import Trails
 from shieldaudit.core.errors import AmbiguousContainerError, ContainerNotFoundError, UsageError
 from shieldaudit.core.ids import HEX_DIGITS
+from shieldaudit.store.trails import Trails
 
 if TYPE_CHECKING:
     from pathlib import Path

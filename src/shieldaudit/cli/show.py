@@ -21,16 +21,16 @@ from shieldaudit.cli.context import app
 from shieldaudit.cli.output import colour_wanted
 from shieldaudit.cli.resolve import resolve_all
 from shieldaudit.cli.timeargs import parse_time, ts_bound
-from shieldaudit.cli.trails import COMPLETE, INCOMPLETE, Trails, stream_lines
 from shieldaudit.core.errors import ContainerNotFoundError, UsageError
-from shieldaudit.store import chain
-from shieldaudit.store.reader import TrailDir
+from shieldaudit.store.reader import INCOMPLETE, TrailDir, decoded_lines
 from shieldaudit.store.reconcile import WATCHED, Audit, Auditor
+from shieldaudit.store.trails import Trails
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
 
+    from shieldaudit.core.models import Entry
     from shieldaudit.store.summary import Summary
 
 __all__ = ["show_command"]
@@ -42,23 +42,21 @@ def entry_filter(
     until: str | None,
     actions: Sequence[str],
     source: str | None,
-) -> Callable[[dict[str, object]], bool]:
+) -> Callable[[Entry], bool]:
     """Build the predicate of ``show``'s filters (pure); bounds are entry-format timestamps.
 
     Entry timestamps share one fixed format, so bounds compare as strings.
     """
     wanted = frozenset(actions)
 
-    def keep(entry: dict[str, object]) -> bool:
-        ts = entry.get("ts")
-        text = ts if isinstance(ts, str) else ""
-        if since is not None and text < since:
+    def keep(entry: Entry) -> bool:
+        if since is not None and entry.ts < since:
             return False
-        if until is not None and text > until:
+        if until is not None and entry.ts > until:
             return False
-        if wanted and entry.get("action") not in wanted:
+        if wanted and entry.action not in wanted:
             return False
-        return source is None or entry.get("source") == source
+        return source is None or entry.source == source
 
     return keep
 
@@ -164,13 +162,9 @@ def _audit_notes(audit: Audit, container_id: str) -> None:
         )
 
 
-def _keep_noting(
-    entry: dict[str, object],
-    keep: Callable[[dict[str, object]], bool],
-    auditor: Auditor,
-) -> bool:
+def _keep_noting(entry: Entry, keep: Callable[[Entry], bool], auditor: Auditor) -> bool:
     """Apply ``show``'s filter; reconcile every entry, shown or not."""
-    if (entry.get("source"), entry.get("action")) in _RECONCILED:
+    if (entry.source, entry.action) in _RECONCILED:
         auditor.add(entry)
     return keep(entry)
 
@@ -193,7 +187,7 @@ def _state_line(root: Path, container_id: str, *, label: str | None, colour: boo
 def _stream(
     root: Path,
     container_id: str,
-    keep: Callable[[dict[str, object]], bool],
+    keep: Callable[[Entry], bool],
     *,
     as_json: bool,
     colour: bool,
@@ -220,11 +214,7 @@ def _stream(
             except FileNotFoundError:
                 continue  # removed by retention meanwhile
             try:
-                for line, kind in stream_lines(fd):
-                    try:
-                        entry = chain.parse_line(line) if kind == COMPLETE else None
-                    except ValueError:
-                        entry = None
+                for kind, line, entry in decoded_lines(fd):
                     if entry is None:
                         # A final line still being written is not an error.
                         if kind != INCOMPLETE or segment is not segments[-1]:

@@ -28,13 +28,16 @@ from shieldaudit.cli.complete import container_names
 from shieldaudit.cli.context import app
 from shieldaudit.cli.output import colour_wanted, warn
 from shieldaudit.cli.resolve import resolve_container
-from shieldaudit.cli.trails import Trails, complete_end, segment_names, tail_lines
 from shieldaudit.core.errors import ShieldAuditError
-from shieldaudit.store import chain, layout
-from shieldaudit.store.reader import iter_lines
+from shieldaudit.store import layout
+from shieldaudit.store.reader import iter_lines, open_segment, segment_names, tail_lines, try_decode
+from shieldaudit.store.tailscan import complete_end
+from shieldaudit.store.trails import Trails
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+
+    from shieldaudit.core.models import Entry
 
 #: Seconds between polls when following.
 POLL_INTERVAL: Final = 0.25
@@ -47,20 +50,16 @@ class Item:
     ts: str
     container_id: str
     seq: int
-    entry: dict[str, object]
+    entry: Entry
     line: bytes
 
 
 def to_item(line: bytes) -> Item | None:
-    """Parse a stored line into an item (None when it is not an entry)."""
-    try:
-        entry = chain.parse_line(line)
-    except ValueError:
+    """Decode a stored line into an item (None when it is not an entry)."""
+    entry = try_decode(line)
+    if entry is None:
         return None
-    ts = entry.get("ts")
-    seq = entry["seq"]
-    assert isinstance(seq, int)  # noqa: S101 -- parse_line checked it
-    return Item(ts if isinstance(ts, str) else "", str(entry.get("container_id")), seq, entry, line)
+    return Item(entry.ts, entry.container_id, entry.seq, entry, line)
 
 
 def _key(item: Item) -> tuple[str, str, int]:
@@ -142,7 +141,7 @@ class Follower:
             names = segment_names(dir_fd)
             ino, end = 0, 0
             if names and names[-1] == layout.ACTIVE_FILE:
-                fd = _open(dir_fd, layout.ACTIVE_FILE)
+                fd = open_segment(dir_fd, layout.ACTIVE_FILE)
                 if fd is not None:
                     try:
                         ino = os.fstat(fd).st_ino
@@ -196,7 +195,7 @@ class Follower:
             if active_ino is not None:
                 plan.append((layout.ACTIVE_FILE, 0))
         for name, start in plan:
-            fd = _open(dir_fd, name)
+            fd = open_segment(dir_fd, name)
             if fd is None:
                 continue
             try:
@@ -239,13 +238,6 @@ class _Ordered:
         return _key(self.item) < _key(other.item)
 
 
-def _open(dir_fd: int, name: str) -> int | None:
-    try:
-        return layout.open_regular(dir_fd, name, os.O_RDONLY, Path(name))
-    except FileNotFoundError:
-        return None
-
-
 def _ino(dir_fd: int, name: str) -> int | None:
     try:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino
@@ -254,7 +246,7 @@ def _ino(dir_fd: int, name: str) -> int | None:
 
 
 def _first_seq(dir_fd: int, name: str) -> int | None:
-    fd = _open(dir_fd, name)
+    fd = open_segment(dir_fd, name)
     if fd is None:
         return None
     try:
@@ -332,9 +324,8 @@ def tail_command(
     def emit(items: list[Item]) -> None:
         warn(trails)
         for item in items:
-            name = item.entry.get("container")
-            if isinstance(name, str) and name:
-                names[item.container_id] = name
+            if item.entry.container:
+                names[item.container_id] = item.entry.container
             if as_json:
                 binary.write(item.line + b"\n")
             else:

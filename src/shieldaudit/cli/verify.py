@@ -13,7 +13,6 @@ from shieldaudit.cli.complete import container_names
 from shieldaudit.cli.context import app
 from shieldaudit.cli.fleet import conflict_reports, fleet_verify
 from shieldaudit.cli.resolve import resolve_container
-from shieldaudit.cli.trails import Trails
 from shieldaudit.core.errors import (
     EXIT_FAILURE,
     ConfigError,
@@ -23,6 +22,7 @@ from shieldaudit.core.errors import (
 )
 from shieldaudit.fleet import check as fleet_check
 from shieldaudit.store import chain, fskey, layout, seals
+from shieldaudit.store.trails import Trails
 from shieldaudit.store.verify import Report, verify_container
 
 if TYPE_CHECKING:

@@ -76,6 +76,13 @@ class Entry(BaseModel):
         extra = self.__pydantic_extra__
         return default if extra is None else extra.get(key, default)
 
+    def __getitem__(self, key: str) -> object:
+        """Return the value of a field or extra key (as ``dict[key]``); raise KeyError."""
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
 
 def _event_text(value: object) -> object:
     """A WatchEvent text field: an entry's missing or empty value is ``""``.

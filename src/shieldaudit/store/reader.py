@@ -244,6 +244,18 @@ def scan_lines(
         yield INCOMPLETE, at, carry
 
 
+def decoded_lines(fd: int) -> Iterator[tuple[int, bytes, Entry | None]]:
+    """Yield ``(kind, line, entry)`` for each non-empty line of a file (see :func:`scan_lines`).
+
+    ``entry`` is None when the line is not an entry (or not complete).
+    """
+    for kind, _, line in scan_lines(fd):
+        if kind != COMPLETE:
+            yield kind, line, None
+        elif line:
+            yield kind, line, try_decode(line)
+
+
 def iter_lines(fd: int, start: int = 0, max_line: int = MAX_LINE_BYTES) -> Iterator[RawLine]:
     """Yield the lines of an open file from ``start`` as :class:`RawLine` (see :func:`scan_lines`).
 

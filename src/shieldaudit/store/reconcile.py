@@ -42,7 +42,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable
+
+    from shieldaudit.core.models import Fields
 
 CREATE_RUNTIME: Final = 1
 POSTSTART: Final = 2
@@ -279,7 +281,7 @@ class Audit:
 
 
 def audit_entries(
-    entries: Iterable[Mapping[str, object]],
+    entries: Iterable[Fields],
     *,
     now_us: int,
     grace_us: int,
@@ -309,7 +311,7 @@ class Auditor:
         self._ledger = Ledger(floor=floor_us)
         self._last_init = 0
 
-    def add(self, entry: Mapping[str, object]) -> None:
+    def add(self, entry: Fields) -> None:
         """Take one entry (any order); those reconciliation does not look at are ignored."""
         key = (entry.get("source"), entry.get("action"))
         seq = entry.get("seq")

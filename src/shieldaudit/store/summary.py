@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Final
 
 from shieldaudit.core.timefmt import parse_ts
 from shieldaudit.store import chain
+from shieldaudit.store.reader import try_decode
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from datetime import datetime
 
+    from shieldaudit.core.models import Entry, Fields
     from shieldaudit.store.reconcile import Audit
 
 
@@ -174,7 +176,7 @@ def lifecycle_state(actions: Iterable[str | None], quiet_s: float | None = None)
     return settle(fold(actions), quiet_s)
 
 
-def latest_text(entries: Sequence[dict[str, object]], key: str) -> str:
+def latest_text(entries: Sequence[Fields], key: str) -> str:
     """Return the newest non-empty string value of ``key`` (entries oldest first)."""
     for entry in reversed(entries):
         value = entry.get(key)
@@ -190,37 +192,25 @@ def tail_links(lines: Sequence[bytes]) -> bool:
     each entry's ``seq`` and ``prev`` follow the one before. Keyed macs are
     left to ``verify`` (which has the key).
     """
-    parsed = _parse_all(lines)
-    return parsed is not None and _links(parsed)
+    pairs = [(line, try_decode(line)) for line in lines]
+    return _links(pairs)
 
 
-def _parse_all(lines: Sequence[bytes]) -> list[tuple[bytes, dict[str, object]]] | None:
-    pairs = []
-    for line in lines:
-        try:
-            pairs.append((line, chain.parse_line(line)))
-        except ValueError:
-            return None
-    return pairs
-
-
-def _links(pairs: Sequence[tuple[bytes, dict[str, object]]]) -> bool:
+def _links(pairs: Sequence[tuple[bytes, Entry | None]]) -> bool:
+    """Return whether every line is an entry and they link (see :func:`tail_links`)."""
+    entries: list[Entry] = []
     for line, entry in pairs:
-        alg = entry.get("chain")
-        if alg == chain.ALG_PLAIN:
-            want, _ = chain.expected_mac(line, alg, chain.NO_KEYS)
-            if want is None or entry.get("mac") != want:
+        if entry is None:
+            return False
+        if entry.chain == chain.ALG_PLAIN:
+            want, _ = chain.expected_mac(line, entry.chain, chain.NO_KEYS)
+            if want is None or entry.mac != want:
                 return False
-    for (_, before), (_, after) in itertools.pairwise(pairs):
-        seq = before.get("seq")
-        if not isinstance(seq, int) or after.get("seq") != seq + 1:
+        entries.append(entry)
+    for before, after in itertools.pairwise(entries):
+        if after.seq != before.seq + 1 or after.prev != before.mac:
             return False
-        if after.get("prev") != before.get("mac"):
-            return False
-    if not pairs:
-        return True
-    first = pairs[0][1]
-    return not (first.get("seq") == 1 and first.get("prev") != chain.GENESIS)
+    return not (entries and entries[0].seq == 1 and entries[0].prev != chain.GENESIS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +229,7 @@ class Summary:
     state: State
     tail_ok: bool | None  # None: no entries to judge
     segments: int
-    audit: Audit | None = None  # unaudited starts; None: not reconciled (see cli.trails)
+    audit: Audit | None = None  # unaudited starts; None: not reconciled (see store.trails)
 
     def as_dict(self) -> dict[str, object]:
         """Return the row as a JSON-ready dict."""
@@ -262,37 +252,29 @@ class Summary:
 
 def summarise(
     container_id: str,
-    first: dict[str, object] | None,
-    tail_lines: Sequence[bytes],
+    first: Entry | None,
+    tail: Sequence[tuple[bytes, Entry | None]],
     segments: int,
     now: datetime | None = None,
     *,
     audit: Audit | None = None,
 ) -> Summary:
-    """Build a container's summary from its first entry and the raw lines of its tail.
+    """Build a container's summary from its first entry and its tail.
 
-    ``entries`` is ``last seq - first seq + 1``: exact when the chain holds
-    (``verify`` checks that), and cheap. ``now`` dates the state (a runtime
-    create with nothing after it turns ``failed`` after a while); None keeps
-    it ``created``.
+    ``tail`` holds the last lines as read, each with its entry (None: the line
+    is not one). ``entries`` is ``last seq - first seq + 1``: exact when the
+    chain holds (``verify`` checks that), and cheap. ``now`` dates the state (a
+    runtime create with nothing after it turns ``failed`` after a while); None
+    keeps it ``created``.
     """
-    pairs: list[tuple[bytes, dict[str, object]]] = []
-    unparsed = False
-    for line in tail_lines:
-        try:
-            pairs.append((line, chain.parse_line(line)))
-        except ValueError:
-            unparsed = True
-    tail = [entry for _, entry in pairs]
-    last = tail[-1] if tail else None
-    if first is None and tail:
-        first = tail[0]
-    first_seq = _seq(first)
-    last_seq = _seq(last)
-    if last_seq is None:
-        last_seq = first_seq
+    entries = [entry for _, entry in tail if entry is not None]
+    last = entries[-1] if entries else None
+    if first is None and entries:
+        first = entries[0]
+    first_seq = first.seq if first is not None else None
+    last_seq = last.seq if last is not None else first_seq
     count = last_seq - first_seq + 1 if first_seq is not None and last_seq is not None else 0
-    both = ([first] if first is not None else []) + tail
+    both = ([first] if first is not None else []) + entries
     return Summary(
         container_id=container_id,
         name=latest_text(both, "container"),
@@ -300,53 +282,34 @@ def summarise(
         entries=max(count, 0),
         first_seq=first_seq,
         last_seq=last_seq,
-        first_ts=_text(first, "ts"),
-        last_ts=_text(last, "ts") or _text(first, "ts"),
-        last_action=_text(last, "action") or _text(first, "action"),
-        state=settle(fold(_actions(first, tail)), _quiet_s(last or first, now)),
-        tail_ok=(not unparsed and _links(pairs)) if tail_lines else None,
+        first_ts=first.ts if first is not None else "",
+        last_ts=last.ts if last is not None else (first.ts if first is not None else ""),
+        last_action=(last.action if last is not None else "")
+        or (first.action if first is not None else ""),
+        state=settle(fold(_actions(first, entries)), _quiet_s(last or first, now)),
+        tail_ok=_links(tail) if tail else None,
         segments=segments,
         audit=audit,
     )
 
 
-def _seq(entry: dict[str, object] | None) -> int | None:
-    if entry is None:
-        return None
-    seq = entry.get("seq")
-    return seq if isinstance(seq, int) else None
-
-
-def _text(entry: dict[str, object] | None, key: str) -> str:
-    if entry is None:
-        return ""
-    value = entry.get(key)
-    return value if isinstance(value, str) else ""
-
-
-def _actions(
-    first: dict[str, object] | None, tail: Sequence[dict[str, object]]
-) -> list[str | None]:
+def _actions(first: Entry | None, tail: Sequence[Entry]) -> list[str | None]:
     """Return the head's and the tail's actions, oldest first; None where entries are missing.
 
     The head entry is left out when the tail already holds it (a short trail).
     """
-    actions: list[str | None] = [str(e.get("action", "")) for e in tail]
-    first_seq = _seq(first)
-    tail_seq = _seq(tail[0]) if tail else None
-    if first is None or (first_seq is not None and tail_seq is not None and tail_seq <= first_seq):
+    actions: list[str | None] = [e.action for e in tail]
+    if first is None or (tail and tail[0].seq <= first.seq):
         return actions
-    gap = first_seq is None or tail_seq is None or tail_seq > first_seq + 1
-    head = str(first.get("action", ""))
-    return [head, None, *actions] if gap and tail else [head, *actions]
+    gap = bool(tail) and tail[0].seq > first.seq + 1
+    return [first.action, None, *actions] if gap else [first.action, *actions]
 
 
-def _quiet_s(entry: dict[str, object] | None, now: datetime | None) -> float | None:
+def _quiet_s(entry: Entry | None, now: datetime | None) -> float | None:
     """Return the seconds from the entry's time to ``now`` (None when either is unknown)."""
-    ts = _text(entry, "ts")
-    if now is None or not ts:
+    if entry is None or now is None:
         return None
     try:
-        return (now - parse_ts(ts)).total_seconds()
+        return (now - parse_ts(entry.ts)).total_seconds()
     except ValueError:
         return None

@@ -10,9 +10,9 @@ import pytest
 
 from cli_helpers import SECOND, T0, cid, invoke, write_trail
 from shieldaudit.cli.prune import keep_reason, prune
-from shieldaudit.cli.trails import Trails
 from shieldaudit.store import layout
 from shieldaudit.store.summary import State, Summary
+from shieldaudit.store.trails import Trails
 
 ENDED_OLD, RUNNING_OLD, REMOVED_OLD = cid("a"), cid("b"), cid("c")
 

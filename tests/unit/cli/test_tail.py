@@ -6,7 +6,7 @@ import json
 
 from cli_helpers import SECOND, T0, cid, invoke, store, write_trail
 from shieldaudit.cli.tail import Follower, follow
-from shieldaudit.cli.trails import Trails
+from shieldaudit.store.trails import Trails
 from shieldaudit.store.writer import TrailWriter
 
 A, B, C = cid("a"), cid("b"), cid("c")
@@ -68,12 +68,12 @@ def test_follower_sees_appends_rotations_and_new_containers(tmp_path):
         )
         assert len(list((root / "containers" / A).glob("audit-*.jsonl"))) >= 3
         got = follower.poll()
-        assert [i.entry["action"] for i in got] == [f"r{i}" for i in range(20)]
+        assert [i.entry.action for i in got] == [f"r{i}" for i in range(20)]
         assert [i.seq for i in got] == list(range(6, 26))
         write_trail(root, C, ["create", "start"], start_ns=T0 + 200 * SECOND)
         write_trail(root, B, ["b5"], start_ns=T0 + 100 * SECOND)
         got = follower.poll()
-        assert [(i.container_id, i.entry["action"]) for i in got] == [
+        assert [(i.container_id, i.entry.action) for i in got] == [
             (B, "b5"),
             (C, "create"),
             (C, "start"),
@@ -96,7 +96,7 @@ def test_follower_holds_a_partial_line_until_its_newline(tmp_path):
         path.write_bytes(full[: -len(line) // 2])
         assert follower.poll() == []
         path.write_bytes(full)
-        assert [i.entry["action"] for i in follower.poll()] == ["x"]
+        assert [i.entry.action for i in follower.poll()] == ["x"]
 
 
 def test_follower_of_one_container_ignores_others(tmp_path):
@@ -109,7 +109,7 @@ def test_follower_of_one_container_ignores_others(tmp_path):
         write_trail(root, B, ["b9"])
         write_trail(root, C, ["c9"])
         write_trail(root, A, ["a9"])
-        assert [i.entry["action"] for i in follower.poll()] == ["a9"]
+        assert [i.entry.action for i in follower.poll()] == ["a9"]
 
 
 def test_follower_survives_a_pruned_trail(tmp_path):
@@ -169,7 +169,7 @@ def test_follower_picks_up_a_root_created_after_it_started(tmp_path):
         assert follower.start(10) == []
         assert follower.poll() == []
         write_trail(root, A, ["create", "start"])
-        assert [i.entry["action"] for i in follower.poll()] == ["create", "start"]
+        assert [i.entry.action for i in follower.poll()] == ["create", "start"]
 
 
 def test_a_refused_trail_is_warned_about_once_per_run(tmp_path):

@@ -7,7 +7,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cli_helpers import cid, write_trail
-from shieldaudit.cli.trails import Trails
 from shieldaudit.store.summary import (
     ROLES,
     START_GRACE_S,
@@ -17,6 +16,7 @@ from shieldaudit.store.summary import (
     summarise,
     tail_links,
 )
+from shieldaudit.store.trails import Trails
 from store_helpers import all_lines
 
 GRACE = START_GRACE_S
