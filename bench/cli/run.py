@@ -10,8 +10,9 @@ Usage: ``python bench/cli/run.py [--quick] [--runs N] [--entries N] [--container
 * ``ls`` over ``--containers`` trails (default 10,000; target <= 2 s) against
   ``tail -q -n 8`` of every active segment (what ``ls`` reads).
 
-Every command runs as a fresh process (``os.wait4`` gives its peak RSS);
-commands are interleaved and each figure is a median of ``--runs``.
+Every command runs as a fresh process (``/usr/bin/time`` gives its peak RSS
+and CPU time); commands are interleaved and each figure is a median of
+``--runs``. CPU times are the figures to compare on a busy machine.
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from shieldaudit.core.timefmt import format_ns
 from shieldaudit.store import chain, layout
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 BIN = Path(sys.executable).parent
 SHIELDAUDIT = str(BIN / "shieldaudit")
@@ -72,8 +77,11 @@ def write_trail(
     return files
 
 
-def run_measured(argv: list[str], *, first_line: bool = False) -> tuple[float, float, int]:
-    """Run a command; return (seconds to first stdout line, seconds to exit, peak RSS in KiB).
+def run_measured(argv: list[str], *, first_line: bool = False) -> tuple[float, float, int, float]:
+    """Run a command; return (s to first stdout line, s to exit, peak RSS in KiB, CPU s).
+
+    CPU seconds (user + system, from ``/usr/bin/time``) say what a command
+    costs even on a busy machine, where wall times wander.
 
     With ``first_line`` stdout is closed once the first line arrived, as
     ``| head -1`` would. Peak RSS comes from ``/usr/bin/time -f %M``: the
@@ -83,7 +91,7 @@ def run_measured(argv: list[str], *, first_line: bool = False) -> tuple[float, f
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
         start = time.perf_counter()
         proc = subprocess.Popen(
-            [TIME, "-f", "%M", "-o", rss_file.name, *argv],
+            [TIME, "-f", "%M %U %S", "-o", rss_file.name, *argv],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
@@ -102,11 +110,11 @@ def run_measured(argv: list[str], *, first_line: bool = False) -> tuple[float, f
         total = time.perf_counter() - start
         if code != 0 and not first_line:
             raise SystemExit(f"{argv[:4]} failed with {code}")
-        rss = int(rss_file.read().split()[-1])
-    return first if first is not None else total, total, rss
+        rss_text, user, system = rss_file.read().split()[-3:]
+    return first if first is not None else total, total, int(rss_text), float(user) + float(system)
 
 
-def median(values: list[float]) -> float:
+def median(values: Sequence[float]) -> float:
     """Return the median."""
     return statistics.median(values)
 
@@ -160,21 +168,27 @@ def measure(base: Path, entries: int, containers: int, runs: int) -> int:
     full_show, full_cat = [], []
     rss_big, rss_small, rss_cat = [], [], []
     ls_times, ls_json_times, ls_tail = [], [], []
+    cpu_show, cpu_ls, cpu_ls_json = [], [], []
     cat_all = ["cat", *map(str, big_files)]
     for _ in range(runs):
         first_show.append(run_measured(sa(big_root, "show", "big"), first_line=True)[0])
         first_cat.append(run_measured(["cat", str(big_files[0])], first_line=True)[0])
         first_json.append(run_measured(sa(big_root, "show", "big", "--json"), first_line=True)[0])
         first_tail.append(run_measured(["tail", "-n", "1", str(big_files[-1])])[0])
-        _, total, rss = run_measured(sa(big_root, "show", big_id[:12], "--json"))
+        _, total, rss, cpu = run_measured(sa(big_root, "show", big_id[:12], "--json"))
         full_show.append(total)
         rss_big.append(rss)
-        _, total, rss = run_measured(cat_all)
+        cpu_show.append(cpu)
+        _, total, rss, _ = run_measured(cat_all)
         full_cat.append(total)
         rss_cat.append(rss)
         rss_small.append(run_measured(sa(small_root, "show", small_id[:12], "--json"))[2])
-        ls_times.append(run_measured(sa(many_root, "ls"))[1])
-        ls_json_times.append(run_measured(sa(many_root, "ls", "--json"))[1])
+        _, total, _, cpu = run_measured(sa(many_root, "ls"))
+        ls_times.append(total)
+        cpu_ls.append(cpu)
+        _, total, _, cpu = run_measured(sa(many_root, "ls", "--json"))
+        ls_json_times.append(total)
+        cpu_ls_json.append(cpu)
         ls_tail.append(run_measured(["sh", "-c", f"xargs -0 tail -q -n 8 < {list_file}"])[1])
 
     rows = [
@@ -216,6 +230,12 @@ def measure(base: Path, entries: int, containers: int, runs: int) -> int:
     print(f"| `show --json`, {entries // 10:,} entries | {median(rss_small):,.0f} |")
     print(f"| ratio (flat = 1.0) | {median(rss_big) / median(rss_small):.2f} |")
     print(f"| `cat` of the {entries:,}-entry trail | {median(rss_cat):,.0f} |")
+    print()
+    print("| CPU time (user + system) | s |")
+    print("|---|---:|")
+    print(f"| `show --json`, {entries:,} entries | {median(cpu_show):.3f} |")
+    print(f"| `ls` over {containers:,} trails | {median(cpu_ls):.3f} |")
+    print(f"| `ls --json` over {containers:,} trails | {median(cpu_ls_json):.3f} |")
     return 0
 
 
