@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from datetime import datetime
 
-    from shieldaudit.core.models import Fields
+    from shieldaudit.core.models import Entry
 
 #: ``click.style`` arguments (foreground colour, bold, dim) by style name.
 STYLES: Final[dict[str, tuple[str | None, bool, bool]]] = {
@@ -166,11 +166,16 @@ def short_ts(ts: str, *, exact: bool) -> str:
     return ts[:19] + "Z"
 
 
-def details(entry: Fields) -> str:
+def details(entry: Entry) -> str:
     """Summarise the optional fields of an entry as ``key=value`` pairs."""
     parts = []
-    for key in ("pid", "exit_code", "image", "dest", "detail"):
-        value = entry.get(key)
+    for key, value in (
+        ("pid", entry.pid),
+        ("exit_code", entry.exit_code),
+        ("image", entry.image),
+        ("dest", entry.dest),
+        ("detail", entry.detail),
+    ):
         if value is None or value == "":
             continue
         text = value if isinstance(value, str) else json.dumps(value)
@@ -179,7 +184,7 @@ def details(entry: Fields) -> str:
 
 
 def entry_line(
-    entry: Fields,
+    entry: Entry,
     *,
     exact: bool,
     colour: bool,
@@ -190,11 +195,10 @@ def entry_line(
     Columns: time, [``label``: the container's name or short ID], seq, source,
     action, details.
     """
-    ts = entry.get("ts")
-    source = str(entry.get("source") or "")
-    action = printable(str(entry.get("action") or ""))
-    seq = entry.get("seq")
-    cells = [paint(short_ts(ts if isinstance(ts, str) else "", exact=exact), "dim", colour=colour)]
+    source = entry.source
+    action = printable(entry.action)
+    seq = entry.seq
+    cells = [paint(short_ts(entry.ts, exact=exact), "dim", colour=colour)]
     if label is not None:
         shown = printable(label)
         cells.append(shown if exact else truncate(shown, 20).ljust(20))

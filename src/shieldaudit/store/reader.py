@@ -29,7 +29,7 @@ from shieldaudit.store import chain, layout
 from shieldaudit.store.tailscan import complete_end, reverse_lines
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 #: A line longer than this is reported and skipped without being held in memory.
 MAX_LINE_BYTES: Final = 1024 * 1024
@@ -311,7 +311,8 @@ def try_decode(line: bytes) -> Entry | None:
         return None
 
 
-_validate_json: Final = Entry.model_validate_json
+#: ``Entry.model_validate_json`` without its Python wrapper (a sixth of a line's cost).
+_validate_json: Final[Callable[[bytes], Entry]] = Entry.__pydantic_validator__.validate_json
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shieldaudit.cli import render
+from shieldaudit.core.models import Entry
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -99,16 +100,22 @@ def test_truncate_and_printable():
 
 def test_entry_line_columns_and_details():
     """An entry line: time, optional label, seq, source, action, then key=value details."""
-    entry = {
-        "seq": 7,
-        "ts": "2026-11-22T10:00:00.123456Z",
-        "source": "hook",
-        "action": "poststop",
-        "pid": 0,
-        "exit_code": 137,
-        "image": "",
-        "detail": "oom",
-    }
+    entry = Entry.model_validate(
+        {
+            "seq": 7,
+            "ts": "2026-11-22T10:00:00.123456Z",
+            "source": "hook",
+            "action": "poststop",
+            "container_id": "c" * 64,
+            "pid": 0,
+            "exit_code": 137,
+            "image": "",
+            "detail": "oom",
+            "prev": "0" * 64,
+            "chain": "sha256",
+            "mac": "a" * 64,
+        }
+    )
     line = render.entry_line(entry, exact=False, colour=False, label="web")
     assert line.split() == [
         "2026-11-22T10:00:00Z",
