@@ -7,56 +7,23 @@ import logging
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING, Final
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
 import click
 
 from shieldaudit.cli.context import app
-from shieldaudit.core.errors import ShieldAuditError, UsageError
+from shieldaudit.cli.options import setting_option
+from shieldaudit.core.errors import ShieldAuditError
 
 if TYPE_CHECKING:
     from shieldaudit.listener import Listener
 
-#: The URL schemes the Podman client speaks, and what each must name.
-SOCKET_SCHEMES: Final = frozenset({"unix", "http+unix"})
-HOST_SCHEMES: Final = frozenset({"tcp", "http", "ssh", "http+ssh"})
-URL_FORMS: Final = (
-    "unix:///run/podman/podman.sock (a socket path), tcp://HOST:PORT or ssh://USER@HOST/SOCKET"
-)
-
-
-def url_problem(url: str) -> str | None:
-    """Say what is wrong with a Podman service URL, or None when it is well formed (pure)."""
-    try:
-        parts = urlsplit(url.strip())
-        parts.port  # noqa: B018 -- raises ValueError on a bad port
-    except ValueError as exc:
-        return str(exc)
-    if parts.scheme in SOCKET_SCHEMES:
-        return None if (parts.netloc + parts.path).strip("/") else "no socket path"
-    if parts.scheme in HOST_SCHEMES:
-        return None if parts.hostname else "no host"
-    if not parts.scheme:
-        return "no scheme"
-    return f"scheme {parts.scheme!r} is not one of unix, http+unix, tcp, http, ssh, http+ssh"
-
-
-def checked_url(url: str | None) -> str | None:
-    """Return ``--url`` as given, or refuse a malformed one as a usage error (exit 2)."""
-    if url is None:
-        return None
-    problem = "it is empty" if not url.strip() else url_problem(url)
-    if problem is not None:
-        raise UsageError(f"--url {url!r} is not a Podman service URL: {problem}; give {URL_FORMS}")
-    return url
-
 
 @click.command("listen")
-@click.option(
+@setting_option(
     "--url",
+    setting="podman_url",
     metavar="URL",
-    default=None,
     show_default="SHIELDAUDIT_PODMAN_URL, the config file, else the current user's Podman "
     "socket; unix:///run/podman/podman.sock for root",
     help="Podman service URL.",
@@ -81,7 +48,6 @@ def listen_command(ctx: click.Context, *, url: str | None, once: bool, verbose: 
     from shieldaudit.listener import Listener, PodmanSource, SourceUnavailable  # noqa: PLC0415
     from shieldaudit.store.writer import TrailWriter  # noqa: PLC0415
 
-    url = checked_url(url)
     context = app(ctx)
     settings = context.settings(podman_url=url)
     _configure_logging(verbose=verbose)

@@ -99,7 +99,9 @@ class SettingOption(click.Option):
     """An option for a setting: its value is ``None`` unless given; ``--help`` shows the default.
 
     click would show a ``show_default`` string in parentheses, its mark for a
-    description; the setting's default is a literal value, shown as such.
+    description; the setting's default is a literal value, shown as such. An
+    option whose default depends on the host (``--url``) gives the
+    description as ``show_default`` instead.
     """
 
     def __init__(self, *args: Any, setting: str, **kwargs: Any) -> None:  # noqa: ANN401 -- click's
@@ -109,8 +111,10 @@ class SettingOption(click.Option):
         self.setting = setting
 
     def get_help_extra(self, ctx: click.Context) -> OptionHelpExtra:
-        """Add the setting's built-in default to what click shows."""
+        """Add the setting's built-in default to what click shows (unless described)."""
         extra = super().get_help_extra(ctx)
+        if isinstance(self.show_default, str):  # a description of where it comes from
+            return extra
         value = SETTINGS_BY_NAME[self.setting].default()
         extra["default"] = f"{value:g}" if isinstance(value, float) else str(value)
         return extra

@@ -85,8 +85,12 @@ def parse_size(value: object) -> int:
 
 def _shown(value: object) -> str:
     """Return a value for an error message, cut so a hostile one stays one short line."""
-    text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= 40 else text[:39] + "…"
+    return _cut(repr(value) if isinstance(value, str) else str(value), 40)
+
+
+def _cut(text: str, limit: int) -> str:
+    """Return ``text``, shortened with an ellipsis past ``limit`` characters."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def parse_count(value: object) -> int:
@@ -173,6 +177,44 @@ def parse_text(value: object) -> str:
     text = str(value).strip()
     if not text:
         raise ValueError("expected a non-empty value")
+    return text
+
+
+#: The URL schemes the Podman client speaks, and what each must name.
+SOCKET_SCHEMES: Final = frozenset({"unix", "http+unix"})
+HOST_SCHEMES: Final = frozenset({"tcp", "http", "ssh", "http+ssh"})
+URL_FORMS: Final = (
+    "unix:///run/podman/podman.sock (a socket path), tcp://HOST:PORT or ssh://USER@HOST/SOCKET"
+)
+
+
+def podman_url_problem(url: str) -> str | None:
+    """Say what is wrong with a Podman service URL, or None when it is well formed (pure)."""
+    from urllib.parse import urlsplit  # noqa: PLC0415 -- not on the hook's path
+
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme in SOCKET_SCHEMES:
+        return None if (parts.netloc + parts.path).strip("/") else "no socket path"
+    if parts.scheme in HOST_SCHEMES:
+        return None if parts.hostname else "no host"
+    if not parts.scheme:
+        return "no scheme"
+    return f"scheme {parts.scheme!r} is not one of unix, http+unix, tcp, http, ssh, http+ssh"
+
+
+def parse_podman_url(value: object) -> str:
+    """Parse a Podman service URL: a socket by path, or TCP or SSH to a host."""
+    text = str(value).strip()
+    problem = "it is empty" if not text else podman_url_problem(text)
+    if problem is not None:
+        raise ValueError(
+            f"expected a Podman service URL such as {URL_FORMS}; "
+            f"got {_shown(value)} ({_cut(problem, 80)})"
+        )
     return text
 
 
@@ -296,6 +338,7 @@ Keep: TypeAlias = Annotated[int, Rule(parse_keep, 0, MAX_KEEP_SEGMENTS)]
 Fsync: TypeAlias = Annotated[Literal["always", "never"], Rule(parse_fsync)]
 Flag: TypeAlias = Annotated[bool, Rule(parse_bool)]
 Text: TypeAlias = Annotated[str, Rule(parse_text)]
+PodmanUrl: TypeAlias = Annotated[str, Rule(parse_podman_url)]
 Port: TypeAlias = Annotated[int, Rule(parse_port, 0, MAX_PORT)]
 Seconds: TypeAlias = Annotated[float, Rule(parse_interval, 0, MAX_POLL_INTERVAL, low_open=True)]
 Grace: TypeAlias = Annotated[float, Rule(parse_grace, 0, MAX_GRACE)]
@@ -339,7 +382,7 @@ class Settings:
         default="127.0.0.1", metadata=_about("sidecar metrics listen address")
     )
     metrics_port: Port = field(default=9469, metadata=_about("sidecar metrics port"))
-    podman_url: Text = field(
+    podman_url: PodmanUrl = field(
         default_factory=default_podman_url,
         metadata=_about("Podman service URL for the events listener"),
     )

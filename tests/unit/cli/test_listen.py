@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cli_helpers import invoke
-from shieldaudit.cli.listen import url_problem
+from shieldaudit.core.settings import podman_url_problem
 
 
 @pytest.mark.parametrize(
@@ -29,7 +29,10 @@ def test_a_malformed_url_is_a_usage_error_naming_the_option(tmp_path, url):
     assert result.code == 2
     assert result.out == ""
     (line,) = result.err.splitlines()
-    assert line.startswith(f"Error: --url {url!r} is not a Podman service URL: ")
+    assert line.startswith(
+        "Error: invalid setting podman_url (from option --url): expected a Podman service URL "
+    )
+    assert f"; got {url!r} (" in line
     assert "unix:///run/podman/podman.sock" in line
     assert "tcp://HOST:PORT" in line
     assert not root.exists()
@@ -59,4 +62,4 @@ def test_a_well_formed_url_gets_as_far_as_connecting(tmp_path):
 )
 def test_every_form_the_podman_client_speaks_is_accepted(url):
     """Sockets by path, TCP and SSH by host: the forms podman-py takes are well formed."""
-    assert url_problem(url) is None
+    assert podman_url_problem(url) is None
