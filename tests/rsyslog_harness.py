@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy" / "rsyslog"
 RSYSLOGD = "/usr/sbin/rsyslogd"
+ROTATE = DEPLOY / "shieldaudit-spool-rotate"
 
 
 def node_config(root: Path, work: Path, host: str, port: int) -> str:
@@ -39,19 +40,17 @@ def node_config(root: Path, work: Path, host: str, port: int) -> str:
     return text + "\n" + _nothing_else()
 
 
-def collector_config(
-    central: Path, work: Path, port: int, program: str, metrics: Path | None = None
-) -> str:
-    """Return the shipped collector configuration, running ``program`` as collect."""
+def collector_config(spool: Path, work: Path, port: int, *, size_limit: str = "64m") -> str:
+    """Return the shipped collector configuration, its spool at ``spool``.
+
+    ``size_limit`` is where rsyslog hands the spool to the rotation script
+    (``deploy/rsyslog/shieldaudit-spool-rotate``, run from the repository).
+    """
     text = (DEPLOY / "collector.conf").read_text(encoding="utf-8")
     text = _sub(text, 'workDirectory="/var/spool/rsyslog"', f'workDirectory="{work}"')
-    old = (
-        'binary="/usr/local/bin/shieldaudit collect --central /var/lib/shieldaudit-fleet '
-        '--metrics-file /var/lib/prometheus/node-exporter/shieldaudit-collect.prom"'
-    )
-    new = f'binary="{program} collect --central {central}'
-    new += f' --metrics-file {metrics}"' if metrics is not None else '"'
-    text = _sub(text, old, new)
+    text = _sub(text, "/var/spool/shieldaudit-collect/spool", str(spool))
+    text = _sub(text, "/usr/local/libexec/shieldaudit-spool-rotate", str(ROTATE))
+    text = _sub(text, 'rotation.sizeLimit="64m"', f'rotation.sizeLimit="{size_limit}"')
     text = _sub(
         text,
         'input(type="imrelp" port="2514"',
@@ -124,6 +123,56 @@ class Rsyslogd:
     def log(self) -> str:
         """Return what rsyslogd printed."""
         path = self.base / "rsyslogd.log"
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+
+@dataclass
+class CollectProcess:
+    """``shieldaudit collect --spool`` as its service runs it, in its own session."""
+
+    program: str
+    central: Path
+    spool: Path
+    metrics: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    def args(self, *extra: str) -> list[str]:
+        """Return the command line."""
+        args = [self.program, "collect", "--central", str(self.central), "--spool", str(self.spool)]
+        if self.metrics is not None:
+            args += ["--metrics-file", str(self.metrics)]
+        return [*args, *extra]
+
+    def start(self) -> None:
+        """Start following the spool (stderr to ``<spool>.collect.log``)."""
+        with self.spool.with_name(self.spool.name + ".collect.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.args(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal collect and return its exit status."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+        code = self.proc.wait(60)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        """Kill collect if it runs (cleanup)."""
+        if self.proc is not None:
+            self.stop(signal.SIGKILL)
+
+    def once(self) -> subprocess.CompletedProcess[str]:
+        """Run ``collect --once`` to the spool's end; return the finished process."""
+        return subprocess.run(
+            self.args("--once"), capture_output=True, text=True, timeout=300, check=False
+        )
+
+    def log(self) -> str:
+        """Return what collect printed."""
+        path = self.spool.with_name(self.spool.name + ".collect.log")
         return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
 
 

@@ -1,15 +1,27 @@
-"""``shieldaudit collect``: the collector's end of the fleet pipeline (run by rsyslog's omprog)."""
+"""``shieldaudit collect``: the collector's end of the fleet pipeline.
+
+By default it follows the spool the collector's rsyslog writes
+(``--spool``, deploy/rsyslog/collector.conf); without ``--spool`` it speaks
+omprog's protocol on stdin and stdout (one answer per line, slower).
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from shieldaudit.core.errors import UsageError
-from shieldaudit.fleet.collect import Collector, Protocol, read_batches
+from shieldaudit.fleet.collect import Collector, Metrics, Protocol, read_batches
+from shieldaudit.fleet.spool import Spool, follow
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
 
 
 @click.command("collect")
@@ -20,18 +32,32 @@ from shieldaudit.fleet.collect import Collector, Protocol, read_batches
     help="Where node copies are rebuilt, one directory per node.",
 )
 @click.option(
+    "--spool",
+    metavar="FILE",
+    default=None,
+    help="Follow the spool file the collector's rsyslog writes (and its rotated files).",
+)
+@click.option(
+    "--once",
+    is_flag=True,
+    help="With --spool: stop once everything the spool holds is applied.",
+)
+@click.option(
     "--metrics-file",
     metavar="FILE",
     default=None,
     help="Prometheus text file to keep current (for node_exporter's textfile collector).",
 )
-def collect_command(central: str, metrics_file: str | None) -> None:
+def collect_command(central: str, spool: str | None, once: bool, metrics_file: str | None) -> None:
     """Rebuild shipped trails and seals under CENTRAL/<node>/, as the node has them.
 
-    Reads one message per line on stdin, as rsyslog's omprog sends them
-    (deploy/rsyslog/collector.conf), and answers each once it is durable. A
-    line already held is dropped; one that contradicts the held history is
-    kept under CENTRAL/<node>/conflicts/ and reported by verify.
+    With --spool, follows the spool the collector's rsyslog writes
+    (deploy/rsyslog/collector.conf) in batches: each batch is made durable,
+    then checkpointed (SPOOL.checkpoint), and rotated spool files read past
+    are removed. Without it, reads one message per line on stdin, as rsyslog's
+    omprog sends them, and answers each once it is durable. A line already
+    held is dropped; one that contradicts the held history is kept under
+    CENTRAL/<node>/conflicts/ and reported by verify.
     """
     if not central:
         raise UsageError("--central is empty: give the directory for the node copies")
@@ -44,12 +70,20 @@ def collect_command(central: str, metrics_file: str | None) -> None:
     metrics = Path(metrics_file).absolute() if metrics_file else None
     if metrics is not None and not metrics.parent.is_dir():
         raise UsageError(f"--metrics-file: {metrics.parent} is not a directory")
-    collector = Collector(target)
-    replies: list[bytes] = []
+    spool_path = Path(spool).absolute() if spool else None
+    if spool_path is not None and not spool_path.parent.is_dir():
+        raise UsageError(f"--spool: {spool_path.parent} is not a directory")
+    if once and spool_path is None:
+        raise UsageError("--once needs --spool")
 
     def log(message: str) -> None:
         click.echo(f"shieldaudit collect: {message}", err=True)
 
+    collector = Collector(target)
+    if spool_path is not None:
+        _follow(collector, spool_path, metrics, once=once, log=log)
+        return
+    replies: list[bytes] = []
     protocol = Protocol(collector, replies.append, metrics_file=metrics, log=log)
     out = sys.stdout.fileno()
     try:
@@ -64,6 +98,35 @@ def collect_command(central: str, metrics_file: str | None) -> None:
     finally:
         collector.close()
         protocol.write_metrics(force=True)
+
+
+def _follow(
+    collector: Collector,
+    path: Path,
+    metrics_path: Path | None,
+    *,
+    once: bool,
+    log: Callable[[str], None],
+) -> None:
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    metrics = Metrics(collector.counts, metrics_path, log)
+    try:
+        spool = Spool(path, log=log)
+    except BaseException:
+        collector.close()
+        raise
+    try:
+        follow(collector, spool, metrics, once=once, stop=lambda: bool(stopping), log=log)
+    finally:
+        spool.close()
+        collector.close()
+        metrics.write(force=True)
 
 
 def _answer(fd: int, replies: list[bytes]) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import json.scanner
 import os
 import re
 import time
@@ -69,8 +70,17 @@ RECENT: Final = 256
 MAX_OPEN: Final = 256
 #: Touched files from which one syncfs replaces a sync per file.
 SYNCFS_FROM: Final = 8
-_decode: Final = json.JSONDecoder().decode
+#: Validated file paths remembered (path -> stream, file name); cleared when full.
+MAX_PATHS: Final = 4096
 _raw_decode: Final = json.JSONDecoder().raw_decode
+# The C scanner behind json.loads, without its wrapper: (value, end) from an index.
+_scan: Final = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+#: The header exactly as collector.conf's template writes it (no escapes in the path).
+_FAST_HEADER: Final = re.compile(
+    rb'([A-Za-z0-9][A-Za-z0-9._-]{0,252}) \{"file": ?"([^"\\\x00-\x1f\x7f-\xff]{1,4096})", ?'
+    rb'"offset": ?(0|[1-9][0-9]{0,17})\} '
+).match
+_PATHS: dict[bytes, tuple[str, str]] = {}
 _NODE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _HEXMAC: Final = re.compile(r"[0-9a-f]{16,128}")
 
@@ -104,7 +114,30 @@ class Shipped:
 
 
 def parse_message(message: bytes) -> Shipped:
-    """Validate one message from the collector's rsyslog (pure); raise RefusedError."""
+    """Validate one message from the collector's rsyslog (pure); raise RefusedError.
+
+    The header rsyslog builds (``{"file":"…","offset":N}`` with a path that
+    needs no escaping) is matched without a JSON parse; any other spelling
+    takes the general path. The line itself is parsed once, in full: only a
+    JSON object is ever written to a copy.
+    """
+    match = _FAST_HEADER(message)
+    if match is None:
+        return _parse_slow(message)
+    node = match.group(1).decode("ascii")
+    offset = int(match.group(3))
+    path = match.group(2)
+    where = _PATHS.get(path)
+    if where is None:
+        where = _stream_of(path.decode("ascii"))
+        if len(_PATHS) >= MAX_PATHS:
+            _PATHS.clear()
+        _PATHS[path] = where
+    line = message[match.end() :]
+    return _shipped(node, where, offset, line)
+
+
+def _parse_slow(message: bytes) -> Shipped:
     node_b, sep, rest = message.partition(b" ")
     if not sep:
         raise RefusedError("envelope", "no node name before the message")
@@ -126,14 +159,41 @@ def parse_message(message: bytes) -> Shipped:
         raise RefusedError("envelope", "offset is not an integer")
     if offset is not None and offset < 0:
         raise RefusedError("envelope", "offset is negative")
-    stream, name = _stream_of(path)
+    where = _stream_of(path)
     # Entries are written ASCII-only: anything else did not come from a trail.
-    if not line_text.isascii() or "\n" in line_text:
+    if not line_text.isascii():
         raise RefusedError("entry", "the line is not one line of ASCII")
-    if len(line_text) > MAX_LINE_BYTES:
+    return _shipped(node, where, offset, line_text.encode("ascii"))
+
+
+def _shipped(node: str, where: tuple[str, str], offset: int | None, line: bytes) -> Shipped:
+    stream, name = where
+    # Entries are written ASCII-only: anything else did not come from a trail.
+    if not line.isascii() or b"\n" in line:
+        raise RefusedError("entry", "the line is not one line of ASCII")
+    if len(line) > MAX_LINE_BYTES:
         raise RefusedError("entry", "the line is too long")
-    seq, mac, prev = _chain_fields(stream, line_text)
-    return Shipped(node, stream, name, offset, seq, mac, prev, line_text.encode("ascii"))
+    text = line.decode("ascii")
+    try:
+        value, end = _scan(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        raise RefusedError("entry", "the line is not an ASCII JSON object") from None
+    if end != len(text) or not isinstance(value, dict):
+        raise RefusedError("entry", "the line is not a JSON object")
+    if stream == SEALS_STREAM:
+        key = "seal"
+    else:
+        key = "seq"
+        if value.get("container_id") != stream:
+            raise RefusedError("entry", "container_id differs from the trail it was read from")
+    seq, mac, prev = value.get(key), value.get("mac"), value.get("prev")
+    if type(seq) is not int or seq < 1:
+        raise RefusedError("entry", f"missing or invalid {key}")
+    if type(mac) is not str or _HEXMAC.fullmatch(mac) is None:
+        raise RefusedError("entry", "missing or invalid mac")
+    if type(prev) is not str or _HEXMAC.fullmatch(prev) is None:
+        raise RefusedError("entry", "missing or invalid prev")
+    return Shipped(node, stream, name, offset, seq, mac, prev, line)
 
 
 def _stream_of(path: str) -> tuple[str, str]:
@@ -150,26 +210,6 @@ def _stream_of(path: str) -> tuple[str, str]:
     raise RefusedError("file", f"not a trail or seal file: {path[:120]!r}")
 
 
-def _chain_fields(stream: str, text: str) -> tuple[int, str, str]:
-    try:
-        value = _decode(text)
-    except (ValueError, RecursionError):
-        raise RefusedError("entry", "the line is not an ASCII JSON object") from None
-    if not isinstance(value, dict):
-        raise RefusedError("entry", "the line is not a JSON object")
-    key = "seal" if stream == SEALS_STREAM else "seq"
-    seq, mac, prev = value.get(key), value.get("mac"), value.get("prev")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-        raise RefusedError("entry", f"missing or invalid {key}")
-    if stream != SEALS_STREAM and value.get("container_id") != stream:
-        raise RefusedError("entry", "container_id differs from the trail it was read from")
-    if not isinstance(mac, str) or _HEXMAC.fullmatch(mac) is None:
-        raise RefusedError("entry", "missing or invalid mac")
-    if not isinstance(prev, str) or _HEXMAC.fullmatch(prev) is None:
-        raise RefusedError("entry", "missing or invalid prev")
-    return seq, mac, prev
-
-
 @dataclass(slots=True)
 class Counts:
     """What the collector did since it started (its metrics)."""
@@ -178,6 +218,8 @@ class Counts:
     duplicates: int = 0
     pending: int = 0
     conflicts: int = 0
+    torn: int = 0  # spool records torn by a crash of rsyslog (written again after it)
+    backlog: int | None = None  # spool bytes not yet applied (following a spool only)
     refused: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(("envelope", "node", "file", "entry", "backlog"), 0)
     )
@@ -208,6 +250,18 @@ class Counts:
             f'shieldaudit_collect_refused_total{{reason="{reason}"}} {value}'
             for reason, value in self.refused.items()
         ]
+        if self.backlog is not None:
+            lines += [
+                (
+                    "# HELP shieldaudit_collect_spool_torn_total Spool records cut short by a "
+                    "crash of rsyslog (it writes them again)"
+                ),
+                "# TYPE shieldaudit_collect_spool_torn_total counter",
+                f"shieldaudit_collect_spool_torn_total {self.torn}",
+                "# HELP shieldaudit_collect_spool_backlog_bytes Spool bytes not yet applied",
+                "# TYPE shieldaudit_collect_spool_backlog_bytes gauge",
+                f"shieldaudit_collect_spool_backlog_bytes {self.backlog}",
+            ]
         return "\n".join(lines) + "\n"
 
 
@@ -224,7 +278,7 @@ class _Stream:
     head_seq: int = 0
     head_mac: str = chain.GENESIS
     next_number: int = 1
-    recent: OrderedDict[int, str] = field(default_factory=OrderedDict)
+    recent: dict[int, str] = field(default_factory=dict)
     pending: dict[int, Shipped] = field(default_factory=dict)
     forks: set[str] = field(default_factory=set)
     buffer: list[bytes] = field(default_factory=list)
@@ -239,10 +293,10 @@ class _Stream:
         return layout.ACTIVE_FILE if self.segmented else SEALS_FILE
 
     def remember(self, seq: int, mac: str) -> None:
-        self.recent[seq] = mac
-        self.recent.move_to_end(seq)
-        while len(self.recent) > RECENT:
-            self.recent.popitem(last=False)
+        recent = self.recent
+        recent[seq] = mac
+        if len(recent) >= 2 * RECENT:  # trimmed in bulk: the newest RECENT stay
+            self.recent = dict(list(recent.items())[-RECENT:])
 
 
 class Collector:
@@ -299,7 +353,32 @@ class Collector:
 
     def apply(self, shipped: Shipped) -> str:
         """Apply one line (durable at the next flush); return what became of it."""
-        stream = self._stream(shipped.node, shipped.stream)
+        stream = self._streams.get((shipped.node, shipped.stream))
+        if stream is None:
+            stream = self._stream(shipped.node, shipped.stream)
+        elif (
+            # The common case, the next line of an open trail in the same
+            # segment, without the general checks below (same outcome).
+            shipped.seq == stream.head_seq + 1
+            and shipped.prev == stream.head_mac
+            and shipped.offset != 0
+            and stream.active_fd >= 0
+            and stream.active_size > 0
+            and not stream.pending
+            and not stream.forks
+        ):
+            self._streams.move_to_end((shipped.node, shipped.stream))
+            data = shipped.line + b"\n"
+            stream.buffer.append(data)
+            stream.active_size += len(data)
+            stream.head_seq = shipped.seq
+            stream.head_mac = shipped.mac
+            stream.remember(shipped.seq, shipped.mac)
+            stream.dirty = True
+            self.counts.stored += 1
+            return "stored"
+        else:
+            self._streams.move_to_end((shipped.node, shipped.stream))
         outcome = self._apply(stream, shipped)
         if outcome == "stored":
             self._drain(stream)
@@ -821,8 +900,7 @@ class Protocol:
         self.metrics_file = metrics_file
         self.log = log
         self.in_transaction = False
-        self._metrics_at = 0.0
-        self._alarms = (0, 0)
+        self.metrics = Metrics(collector.counts, metrics_file, log)
         self._failed = False
 
     def start(self) -> None:
@@ -881,19 +959,37 @@ class Protocol:
 
     def write_metrics(self, *, force: bool = False) -> None:
         """Replace the metrics text file (atomically), at most once a second unless forced."""
-        if self.metrics_file is None:
+        self.metrics.write(force=force)
+
+
+class Metrics:
+    """Collect's counters kept current in a Prometheus text file (node_exporter's textfile)."""
+
+    def __init__(
+        self, counts: Counts, path: Path | None, log: Callable[[str], None] | None = None
+    ) -> None:
+        """Write ``counts`` to ``path`` (nothing when None)."""
+        self.counts = counts
+        self.path = path
+        self.log = log
+        self._at = 0.0
+        self._alarms = (0, 0)
+
+    def write(self, *, force: bool = False) -> None:
+        """Replace the metrics text file (atomically), at most once a second unless forced."""
+        if self.path is None:
             return
         now = time.monotonic()
         # What alerts watch (conflicts, refusals) is written at once, the rest once a second.
-        alarms = (self.collector.counts.conflicts, sum(self.collector.counts.refused.values()))
-        if not force and alarms == self._alarms and now - self._metrics_at < 1.0:
+        alarms = (self.counts.conflicts, sum(self.counts.refused.values()))
+        if not force and alarms == self._alarms and now - self._at < 1.0:
             return
-        self._metrics_at = now
+        self._at = now
         self._alarms = alarms
-        tmp = self.metrics_file.with_name(f".{self.metrics_file.name}.{os.getpid()}")
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         try:
-            tmp.write_text(self.collector.counts.render(), encoding="ascii")
-            tmp.replace(self.metrics_file)
+            tmp.write_text(self.counts.render(), encoding="ascii")
+            tmp.replace(self.path)
         except OSError as exc:
             if self.log is not None:
-                self.log(f"cannot write {self.metrics_file}: {exc.strerror or exc}")
+                self.log(f"cannot write {self.path}: {exc.strerror or exc}")

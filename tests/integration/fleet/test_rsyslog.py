@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ import pytest
 
 from rsyslog_harness import (
     DEPLOY,
+    CollectProcess,
     Rsyslogd,
     collector_config,
     free_port,
@@ -123,36 +125,40 @@ def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def collect_pid(collector: Rsyslogd) -> int | None:
-    """The pid of the collect process the collector's rsyslogd runs (its child)."""
-    assert collector.proc is not None
-    for task in Path(f"/proc/{collector.proc.pid}/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"collect" in cmdline:
-                return int(pid)
-    return None
+@dataclass
+class Fleet:
+    """A collector (rsyslogd writing the spool, collect following it) and three nodes."""
+
+    collector: Rsyslogd
+    collect: CollectProcess
+    central: Path
+    spool: Path
+    nodes: list[Node]
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[tuple[Rsyslogd, Path, list[Node], int]]:
-    """A collector (rsyslogd + collect) and three nodes, everything on 127.0.0.1."""
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """A collector and three nodes, everything on 127.0.0.1; the spool rotates every ~16 KiB."""
     port = free_port()
     central = tmp_path / "central"
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir(mode=0o700)
+    spool = spool_dir / "spool"
     collector = Rsyslogd(
         "collector",
         tmp_path / "collector",
-        collector_config(
-            central, tmp_path / "collector" / "work", port, SHIELDAUDIT, tmp_path / "collect.prom"
-        ),
+        collector_config(spool, tmp_path / "collector" / "work", port, size_limit="16k"),
     )
+    collect = CollectProcess(SHIELDAUDIT, central, spool, tmp_path / "collect.prom")
     nodes = [Node(tmp_path, name, port) for name in ("node-a", "node-b", "node-c")]
     started = [collector, *(n.rsyslog for n in nodes)]
     try:
         for instance in started:
             instance.start()
-        yield collector, central, nodes, port
+        collect.start()
+        yield Fleet(collector, collect, central, spool, nodes)
     finally:
+        collect.kill()
         for instance in started:
             instance.kill_group()
 
@@ -167,7 +173,7 @@ def test_shipped_configs_validate(tmp_path):
         assert result.returncode == 0, result.stderr
     filled = [
         node_config(tmp_path / "r", tmp_path, "node-a", 2514),
-        collector_config(tmp_path / "c", tmp_path, 2514, SHIELDAUDIT),
+        collector_config(tmp_path / "spool", tmp_path, 2514),
     ]
     for i, text in enumerate(filled):
         result = validate(text, tmp_path / f"filled{i}")
@@ -180,7 +186,7 @@ def test_three_nodes_every_entry_once_through_kills_and_restarts(fleet):
     Meanwhile collect and the collector's rsyslogd are killed (SIGKILL) and a
     node's rsyslogd restarts.
     """
-    collector, central, nodes, _ = fleet
+    collector, central, nodes = fleet.collector, fleet.central, fleet.nodes
     ids = {n.name: [f"{n.name}-{i}".encode().hex().ljust(64, "0") for i in (1, 2)] for n in nodes}
 
     def phase(count: int) -> list[threading.Thread]:
@@ -198,13 +204,13 @@ def test_three_nodes_every_entry_once_through_kills_and_restarts(fleet):
         t.join(DEADLINE)
     wait_for(lambda: arrived() >= 3 * 2 * 6, DEADLINE, "the first entries at the collector")
 
-    # collect killed mid-stream: rsyslog starts it again and resends what it had not answered.
+    # collect killed mid-stream, and started again while the spool grew and rotated:
+    # it goes on from its checkpoint and drops what it had applied after it.
     writers = phase(6)
-    pid = collect_pid(collector)
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
+    fleet.collect.stop(signal.SIGKILL)
     for t in writers:
         t.join(DEADLINE)
+    fleet.collect.start()
     wait_for(lambda: arrived() >= 3 * 2 * 12, DEADLINE, "entries after collect was killed")
 
     # The collector's rsyslogd killed mid-stream, then started again.
@@ -245,6 +251,11 @@ def test_three_nodes_every_entry_once_through_kills_and_restarts(fleet):
     assert listing.stdout.count("== node-") == 3
     metrics = (collector.base.parent / "collect.prom").read_text()
     assert "shieldaudit_collect_conflicts_total 0" in metrics
+    # The spool rotated (every 16 KiB), and collect removed the rotated files it read past.
+    shipped = sum(len(line) for n in nodes for v in lines_of(n.root).values() for line in v)
+    left = [p for p in fleet.spool.parent.iterdir() if p.name.startswith("spool.0")]
+    assert len(left) <= 1, left
+    assert sum(p.stat().st_size for p in [fleet.spool, *left]) < shipped / 2
 
 
 def test_trail_rewritten_after_shipping_is_a_conflict(fleet):
@@ -254,7 +265,7 @@ def test_trail_rewritten_after_shipping_is_a_conflict(fleet):
     conflict (short ID, seq), the metric counts it, and verify --against on
     the node says where the histories part.
     """
-    collector, central, nodes, _ = fleet
+    collector, central, nodes = fleet.collector, fleet.central, fleet.nodes
     node = nodes[0]
     cid = "c0ffee" + "0" * 57 + "1"
     node.env["SHIELDAUDIT_MAX_SEGMENT_BYTES"] = str(1024 * 1024)  # one segment: cut in place
