@@ -15,46 +15,28 @@ import json
 import os
 import signal
 import subprocess
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
 
 from cli_helpers import cid
-from shieldaudit.core.settings import StoreSettings
-from shieldaudit.hook import hooksd
-from shieldaudit.store.writer import TrailWriter
+from fleet_helpers import (
+    SHIELDAUDIT,
+    cli,
+    files_of,
+    node_trail,
+    seal_messages,
+    shipped,
+    wire,
+)
 
-SHIELDAUDIT = str(Path(hooksd.native_hook_path()).parent / "shieldaudit")
-
-
-def node_trail(root: Path, container_id: str, count: int, segment: int = 1024) -> None:
-    """Append ``count`` entries (or a few more) with rotation on."""
-    settings = StoreSettings(root, max_segment_bytes=segment, keep_segments=0, fsync="never")
-    with TrailWriter(settings) as writer:
-        for i in range(count):
-            writer.append(container_id, {"source": "cli", "action": "test", "detail": f"e{i}"})
-        # A copy shows a rotation when the next segment's first line arrives: end on one.
-        while (root / "containers" / container_id / "audit.jsonl").stat().st_size == 0:
-            writer.append(container_id, {"source": "cli", "action": "test", "detail": "last"})
-
-
-def wire(node: str, file: str, offset: object, line: str) -> bytes:
-    """One message as the collector's rsyslog hands it to collect (deploy/rsyslog templates)."""
-    return f"{node} {json.dumps({'file': file, 'offset': offset})} {line}\n".encode()
-
-
-def shipped(root: Path, node: str = "node-a") -> list[bytes]:
-    """The messages rsyslog would hand collect for every line under a node root."""
-    out = []
-    for cdir in sorted((root / "containers").iterdir()):
-        for f in sorted(cdir.iterdir(), key=lambda p: (p.name == "audit.jsonl", p.name)):
-            offset = 0
-            for line in f.read_bytes().splitlines(keepends=True):
-                out.append(wire(node, str(f), offset, line.rstrip(b"\n").decode()))
-                offset += len(line)
-    return out
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
 
 
 class Collect:
-    """A running ``shieldaudit collect`` process."""
+    """A running ``shieldaudit collect`` process speaking omprog's protocol."""
 
     def __init__(self, central: Path, metrics: Path | None = None) -> None:
         """Start collect and wait for its ready line."""
@@ -91,15 +73,29 @@ class Collect:
         return self.proc.returncode, err
 
 
-def files_of(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and "containers" in p.parts
-    }
+@pytest.fixture
+def start_collect(tmp_path: Path) -> Iterator[Callable[..., Collect]]:
+    """Start collect processes on ``tmp_path/central``; any still running is killed at the end."""
+    started: list[Collect] = []
+
+    def start(metrics: Path | None = None) -> Collect:
+        collect = Collect(tmp_path / "central", metrics)
+        started.append(collect)
+        return collect
+
+    yield start
+    for collect in started:
+        if collect.proc.poll() is None:
+            collect.proc.kill()
+            collect.proc.communicate(timeout=60)
 
 
-def test_rebuilds_byte_for_byte_out_of_order_and_redelivered(tmp_path):
+def verify(root: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``shieldaudit --root ROOT verify``."""
+    return cli("--root", root, "verify")
+
+
+def test_rebuilds_byte_for_byte_out_of_order_and_redelivered(tmp_path, start_collect):
     """The copy equals the node's files, whatever the order and repetition of lines.
 
     Segments are rebuilt where the node cut them, from lines sent with a rotated
@@ -116,7 +112,7 @@ def test_rebuilds_byte_for_byte_out_of_order_and_redelivered(tmp_path):
         *messages[first_of_active - 2 : first_of_active],
     ]
     central = tmp_path / "central"
-    collect = Collect(central)
+    collect = start_collect()
     replies = collect.batch(messages)
     assert replies == [b"OK", *[b"DEFER_COMMIT"] * len(messages), b"OK"]
     assert collect.batch(messages[:10])[-1] == b"OK"  # redelivered: dropped
@@ -125,35 +121,29 @@ def test_rebuilds_byte_for_byte_out_of_order_and_redelivered(tmp_path):
     assert collect.close()[0] == 0
     assert files_of(central / "node-a") == files_of(root)
     assert not (central / "node-a" / "conflicts").exists()
-    result = subprocess.run(
-        [SHIELDAUDIT, "--root", str(central / "node-a"), "verify"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = verify(central / "node-a")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_kill_9_mid_batch_then_resend(tmp_path):
+def test_kill_9_mid_batch_then_resend(tmp_path, start_collect):
     """Collect killed mid-transaction, the batch sent again to a new one: every line once."""
     root = tmp_path / "node"
     node_trail(root, cid("3"), 30)
     messages = shipped(root)
     central = tmp_path / "central"
-    first = Collect(central)
+    first = start_collect()
     assert first.send(b"BEGIN TRANSACTION\n") == b"OK"
     for message in messages[:20]:
         assert first.send(message) == b"DEFER_COMMIT"
     first.proc.send_signal(signal.SIGKILL)
     first.close()
-    second = Collect(central)
+    second = start_collect()
     assert second.batch(messages)[-1] == b"OK"
     assert second.close()[0] == 0
     assert files_of(central / "node-a") == files_of(root)
 
 
-def test_hostile_messages_are_refused_counted_and_never_paths(tmp_path):
+def test_hostile_messages_are_refused_counted_and_never_paths(tmp_path, start_collect):
     """Hostile messages are acknowledged, counted by reason, and never written anywhere.
 
     Bad JSON, bad node names, path tricks and lying entries: resending cannot
@@ -191,7 +181,7 @@ def test_hostile_messages_are_refused_counted_and_never_paths(tmp_path):
     ]
     central = tmp_path / "central"
     metrics = tmp_path / "collect.prom"
-    collect = Collect(central, metrics)
+    collect = start_collect(metrics)
     assert [collect.send(m) for m in hostile] == [b"OK"] * len(hostile)
     code, err = collect.close()
     assert code == 0
@@ -212,7 +202,7 @@ def test_bad_options_are_one_error_line(tmp_path):
     """Bad collect options are one Error line, exit 2, and create nothing.
 
     A missing --central, one under a missing directory, a metrics file in a
-    missing directory.
+    missing directory, a spool in a missing directory, --once without a spool.
     """
     for args in (
         ["collect"],
@@ -224,6 +214,8 @@ def test_bad_options_are_one_error_line(tmp_path):
             "--metrics-file",
             str(tmp_path / "missing" / "x.prom"),
         ],
+        ["collect", "--central", str(tmp_path / "c"), "--spool", str(tmp_path / "missing" / "s")],
+        ["collect", "--central", str(tmp_path / "c"), "--once"],
     ):
         result = subprocess.run(
             [SHIELDAUDIT, *args],
@@ -237,31 +229,16 @@ def test_bad_options_are_one_error_line(tmp_path):
         assert "Traceback" not in result.stderr
         assert result.stderr.count("Error") == 1
     assert not (tmp_path / "missing").exists()
+    assert not (tmp_path / "c").exists()
 
 
 def seal(root: Path) -> None:
     """Run ``shieldaudit seal`` on a node root."""
-    result = subprocess.run(
-        [SHIELDAUDIT, "--root", str(root), "seal"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = cli("--root", root, "seal")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def seal_messages(root: Path, node: str = "node-a") -> list[bytes]:
-    """The messages for every line of the node's seals file."""
-    path = root / "seals" / "seals.jsonl"
-    out, offset = [], 0
-    for line in path.read_bytes().splitlines(keepends=True):
-        out.append(wire(node, str(path), offset, line.rstrip(b"\n").decode()))
-        offset += len(line)
-    return out
-
-
-def test_seals_are_rebuilt_and_verify_on_the_copy(tmp_path):
+def test_seals_are_rebuilt_and_verify_on_the_copy(tmp_path, start_collect):
     """Seal records ship like trail lines, and a rewritten seal is a conflict.
 
     The copy's seals file is the node's, verify passes on the copy, and a seal
@@ -273,20 +250,14 @@ def test_seals_are_rebuilt_and_verify_on_the_copy(tmp_path):
     node_trail(root, cid("7"), 4)
     seal(root)
     central = tmp_path / "central"
-    collect = Collect(central)
+    collect = start_collect()
     assert collect.batch(shipped(root) + seal_messages(root))[-1] == b"OK"
     assert collect.close()[0] == 0
     copy = central / "node-a"
     assert (copy / "seals" / "seals.jsonl").read_bytes() == (
         root / "seals" / "seals.jsonl"
     ).read_bytes()
-    result = subprocess.run(
-        [SHIELDAUDIT, "--root", str(copy), "verify"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = verify(copy)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 seal(s)" in result.stdout
 
@@ -296,15 +267,9 @@ def test_seals_are_rebuilt_and_verify_on_the_copy(tmp_path):
     path.write_bytes(first)
     node_trail(root, cid("7"), 1)
     seal(root)
-    collect = Collect(central)
+    collect = start_collect()
     assert collect.batch(seal_messages(root))[-1] == b"OK"
     assert collect.close()[0] == 0
-    result = subprocess.run(
-        [SHIELDAUDIT, "--root", str(copy), "verify"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = verify(copy)
     assert result.returncode == 1, result.stdout
     assert "seals seal 2: CONFLICT" in result.stdout
