@@ -1,22 +1,27 @@
-"""Fleet collection: collect's ingest rate and memory, and node-to-central delay with rsyslog.
+"""Fleet collection: collect's ingest rate and memory, and node-to-central with real rsyslog.
 
-Usage: python bench/collect.py [--entries N] [--e2e N] [--rate R]
+Usage: python bench/collect.py [--entries N] [--e2e N] [--rate R] [--runs K]
 
-1. Ingest: node trails are written (TrailWriter, 1 MiB segments, 200
-   containers over 2 nodes), turned into the messages the collector's rsyslog
-   hands ``shieldaudit collect`` (one per line, in transactions of 1024 as
-   omprog sends them) and fed to a real collect process, once with N/4 and
-   once with N entries. Reported: entries/s from the first byte sent to the
-   last commit's OK, and collect's peak RSS (VmHWM) for both sizes (bounded
-   memory: the two peaks are close). The replies are read by a second thread
-   while the input is written (pipelined); a lockstep run (each line sent
-   after the previous reply, as rsyslog does) is measured on N/10 entries.
-2. End to end: a node rsyslogd (deploy/rsyslog/node.conf) ships one trail
-   written at R entries/s (fsync always) to a collector rsyslogd
-   (deploy/rsyslog/collector.conf) whose input also goes, in the same run, to
-   a plain omfile. The delay from the node's append returning to the line
-   being in the central trail, and to the line being in the omfile
-   (rsyslog's forwarding alone), is measured by polling both files every
+1. collect alone: node trails are written (TrailWriter, 1 MiB segments, 100
+   containers on each of 2 nodes), turned into the spool records the
+   collector's rsyslog writes, and a real ``collect --spool --once`` applies
+   them, once with N/4 and once with N entries. Reported: entries/s (wall and
+   per CPU-second of collect) and collect's peak RSS for both sizes (bounded
+   memory: the two peaks are close). For comparison, omprog's lockstep
+   protocol (one line, one answer) is fed N/10 entries.
+2. Through rsyslog: the same trails, on two nodes each with its own rsyslogd
+   (deploy/rsyslog/node.conf), are shipped over RELP to a collector rsyslogd
+   (deploy/rsyslog/collector.conf), K runs of each, alternating:
+   - baseline, rsyslog forwarding alone: from starting the node rsyslogds to
+     the last record in the collector's spool (collect not running);
+   - full path: the same with collect following the spool, to the last entry
+     durable in the central copies (collect's metrics, written as soon as it
+     has read the spool to its end).
+   Reported: median entries/s of each and the full path's ratio to the
+   baseline.
+3. Delay: a node writes one trail at R entries/s (fsync always); the delay
+   from the node's append returning to the line being in the spool (rsyslog
+   alone) and in the central trail (rsyslog + collect), polled every
    millisecond: p50, p99 and max.
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from common import percentile
 from rsyslog_harness import (
+    CollectProcess,
     Rsyslogd,
     collector_config,
     free_port,
@@ -48,13 +55,14 @@ from shieldaudit.hook import hooksd
 from shieldaudit.store.writer import TrailWriter
 
 SHIELDAUDIT = str(Path(hooksd.native_hook_path()).parent / "shieldaudit")
+NODES = ("node-a", "node-b")
 BATCH = 1024
 
 
-def make_messages(base: Path, entries: int) -> list[bytes]:
-    """Write node trails and return the collector-side messages for every line."""
-    messages: list[bytes] = []
-    for node in ("node-a", "node-b"):
+def write_trails(base: Path, entries: int) -> dict[str, Path]:
+    """Write ``entries`` entries over 2 nodes x 100 containers; return each node's root."""
+    roots = {}
+    for node in NODES:
         root = base / node
         settings = StoreSettings(
             root, max_segment_bytes=1024 * 1024, keep_segments=0, fsync="never"
@@ -72,6 +80,14 @@ def make_messages(base: Path, entries: int) -> list[bytes]:
                         "pid": 4242 + i,
                     },
                 )
+        roots[node] = root
+    return roots
+
+
+def messages_of(roots: dict[str, Path]) -> list[bytes]:
+    """Return the message for every trail line, interleaved as a live fleet sends them."""
+    messages: list[bytes] = []
+    for node, root in roots.items():
         per_file: list[tuple[int, bytes]] = []
         for cdir in sorted((root / "containers").iterdir()):
             names = sorted(p.name for p in cdir.iterdir() if p.name.startswith("audit-"))
@@ -82,59 +98,29 @@ def make_messages(base: Path, entries: int) -> list[bytes]:
                 for line in (cdir / name).read_bytes().splitlines(keepends=True):
                     seq = json.loads(line)["seq"]
                     text = line.rstrip(b"\n").decode()
-                    header = json.dumps({"file": path, "offset": offset})
+                    header = json.dumps({"file": path, "offset": offset}, separators=(",", ":"))
                     per_file.append((seq, f"{node} {header} {text}\n".encode()))
                     offset += len(line)
-        # Interleave containers as a live node would: by seq, then container.
         per_file.sort(key=lambda item: item[0])
         messages.extend(m for _, m in per_file)
     return messages
 
 
-def feed(central: Path, messages: list[bytes]) -> tuple[float, int, float]:
-    """Feed messages in transactions, pipelined; return (seconds, peak RSS KiB, CPU seconds)."""
-    proc = subprocess.Popen(
-        [SHIELDAUDIT, "collect", "--central", str(central)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    assert proc.stdout.readline() == b"OK\n"
-    chunks = []
-    for start in range(0, len(messages), BATCH):
-        batch = messages[start : start + BATCH]
-        chunks.append(b"BEGIN TRANSACTION\n" + b"".join(batch) + b"COMMIT TRANSACTION\n")
-    expected = len(messages) + 2 * len(chunks)
-    bad = []
-
-    def read() -> None:
-        assert proc.stdout is not None
-        seen = 0
-        while seen < expected:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line not in {b"OK\n", b"DEFER_COMMIT\n"}:
-                bad.append(line)
-            seen += 1
-
-    reader = threading.Thread(target=read)
+def run_once(central: Path, spool: Path) -> tuple[float, float, int]:
+    """Run ``collect --spool --once``; return (wall seconds, CPU seconds, peak RSS KiB)."""
     start = time.perf_counter()
-    reader.start()
-    for chunk in chunks:
-        proc.stdin.write(chunk)
-    proc.stdin.flush()
-    reader.join()
+    proc = subprocess.Popen(
+        [SHIELDAUDIT, "collect", "--central", str(central), "--spool", str(spool), "--once"],
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
-    status = Path(f"/proc/{proc.pid}/status").read_text()
-    hwm = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
-    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    proc.stdin.close()
-    proc.wait(60)
-    assert not bad, bad[:3]
-    return elapsed, hwm, cpu
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert proc.returncode == 0, err
+    assert not err, err
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
 
 
 def lockstep(central: Path, messages: list[bytes]) -> float:
@@ -163,66 +149,138 @@ def lockstep(central: Path, messages: list[bytes]) -> float:
     return elapsed
 
 
-def ingest(entries: int) -> None:
+def alone(base: Path, messages: list[bytes]) -> None:
     """Part 1."""
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
-        t0 = time.perf_counter()
-        messages = make_messages(base / "nodes", entries)
-        print(f"prepared {len(messages)} messages in {time.perf_counter() - t0:.1f}s")
-        for count in (len(messages) // 4, len(messages)):
-            central = base / f"central-{count}"
-            os.sync()  # the node trails' dirty pages are not collect's to write back
-            seconds, hwm, cpu = feed(central, messages[:count])
-            print(
-                f"ingest {count} entries: {seconds:.2f}s = {count / seconds:,.0f} entries/s "
-                f"(collect CPU {cpu:.2f}s = {count / cpu:,.0f} entries per CPU-second), "
-                f"peak RSS {hwm / 1024:.1f} MiB"
-            )
-        count = len(messages) // 10
-        seconds = lockstep(base / "central-lockstep", messages[:count])
-        print(f"lockstep {count} entries: {seconds:.2f}s = {count / seconds:,.0f} entries/s")
+    for count in (len(messages) // 4, len(messages)):
+        spool_dir = base / f"spool-{count}"
+        spool_dir.mkdir()
+        (spool_dir / "spool").write_bytes(b"".join(b"\x1e" + m for m in messages[:count]))
+        os.sync()  # the node trails' and the spool's dirty pages are not collect's to write
+        seconds, cpu, rss = run_once(base / f"central-{count}", spool_dir / "spool")
+        print(
+            f"collect alone, {count} entries: {seconds:.2f}s = {count / seconds:,.0f} entries/s "
+            f"(CPU {cpu:.2f}s = {count / cpu:,.0f} entries per CPU-second), "
+            f"peak RSS {rss / 1024:.1f} MiB"
+        )
+    count = len(messages) // 10
+    seconds = lockstep(base / "central-lockstep", messages[:count])
+    print(f"omprog lockstep, {count} entries: {seconds:.2f}s = {count / seconds:,.0f} entries/s")
 
 
-def end_to_end(entries: int, rate: float) -> None:
+def spool_records(spool: Path) -> int:
+    """Count the records in the spool and its rotated files."""
+    total = 0
+    for path in spool.parent.iterdir():
+        if path.name == spool.name or path.name.startswith(spool.name + ".0"):
+            with path.open("rb") as f:
+                total += sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    return total
+
+
+def stored(metrics: Path) -> int:
+    """Return collect's stored-entries counter (0 before the file exists)."""
+    try:
+        text = metrics.read_text()
+    except FileNotFoundError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith('shieldaudit_collect_entries_total{outcome="stored"}'):
+            return int(line.rsplit(" ", 1)[1])
+    return 0
+
+
+def through_rsyslog(
+    base: Path, roots: dict[str, Path], entries: int, *, with_collect: bool
+) -> float:
+    """Ship every trail line through real rsyslog; return seconds until all arrived."""
+    run = base / f"run-{time.monotonic_ns()}"
+    spool = run / "spool" / "spool"
+    spool.parent.mkdir(parents=True)
+    port = free_port()
+    collector = Rsyslogd(
+        "collector", run / "col", collector_config(spool, run / "col" / "work", port)
+    )
+    nodes = [
+        Rsyslogd(node, run / node, node_config(root, run / node / "work", node, port))
+        for node, root in roots.items()
+    ]
+    collect = CollectProcess(SHIELDAUDIT, run / "central", spool, run / "collect.prom")
+    try:
+        collector.start()
+        if with_collect:
+            collect.start()
+        time.sleep(1.0)  # both listening
+        start = time.perf_counter()
+        for node in nodes:
+            node.start()
+        if with_collect:
+            assert collect.metrics is not None
+            wait_for(lambda: stored(collect.metrics) >= entries, 900, "every entry", 0.01)
+        else:
+            wait_for(lambda: spool_records(spool) >= entries, 900, "every record", 0.01)
+        return time.perf_counter() - start
+    finally:
+        collect.kill()
+        for node in nodes:
+            node.kill_group()
+        collector.kill_group()
+
+
+def throughput(base: Path, roots: dict[str, Path], entries: int, runs: int) -> None:
     """Part 2."""
+    results: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(runs):
+        for with_collect in (False, True):
+            os.sync()
+            seconds = through_rsyslog(base, roots, entries, with_collect=with_collect)
+            results[with_collect].append(entries / seconds)
+    base_rate = statistics.median(results[False])
+    full_rate = statistics.median(results[True])
+    for name, rates in (
+        ("rsyslog forwarding alone (spool)", results[False]),
+        ("rsyslog + collect (central copies)", results[True]),
+    ):
+        shown = ", ".join(f"{r:,.0f}" for r in rates)
+        print(
+            f"through rsyslog, {entries} entries, {name}: median "
+            f"{statistics.median(rates):,.0f} entries/s ({shown})"
+        )
+    print(f"through rsyslog: full path / forwarding alone = {full_rate / base_rate:.2f}")
+
+
+def delay(entries: int, rate: float) -> None:
+    """Part 3."""
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         root = base / "node-root"
         root.mkdir(mode=0o700)
         central = base / "central"
-        plain = base / "plain.log"
+        spool = base / "spool" / "spool"
+        spool.parent.mkdir()
         port = free_port()
-        config = collector_config(central, base / "col" / "work", port, SHIELDAUDIT)
-        config = config.replace(
-            'ruleset="shieldaudit_collect" maxDataSize', 'ruleset="bench_in" maxDataSize'
+        collector = Rsyslogd(
+            "collector", base / "col", collector_config(spool, base / "col" / "work", port)
         )
-        config += (
-            'ruleset(name="bench_in") {\n'
-            f'    action(type="omfile" file="{plain}" template="shieldaudit_collect")\n'
-            "    call shieldaudit_collect\n"
-            "}\n"
-        )
-        collector = Rsyslogd("collector", base / "col", config)
+        collect = CollectProcess(SHIELDAUDIT, central, spool)
         node = Rsyslogd(
             "node", base / "node", node_config(root, base / "node" / "work", "node-a", port)
         )
         cid = b"e2e".hex().ljust(64, "0")
         written: dict[int, float] = {}
         in_trail: dict[int, float] = {}
-        in_plain: dict[int, float] = {}
+        in_spool: dict[int, float] = {}
         settings = StoreSettings(root, max_segment_bytes=256 * 1024 * 1024, fsync="always")
         try:
             collector.start()
+            collect.start()
             node.start()
             with TrailWriter(settings) as writer:
                 writer.append(cid, {"source": "cli", "action": "warmup"})
                 trail = central / "node-a" / "containers" / cid / "audit.jsonl"
                 wait_for(trail.exists, 60, "the first line centrally")
-                wait_for(plain.exists, 60, "the first line in the omfile")
                 done = threading.Event()
                 poller = threading.Thread(
-                    target=poll, args=(trail, plain, in_trail, in_plain, done)
+                    target=poll, args=(trail, spool, in_trail, in_spool, done)
                 )
                 poller.start()
                 interval = 1.0 / rate
@@ -235,15 +293,16 @@ def end_to_end(entries: int, rate: float) -> None:
                     written[w.seq] = time.monotonic()
                     next_at += interval
                 last = max(written)
-                wait_for(lambda: last in in_trail and last in in_plain, 120, "every line")
+                wait_for(lambda: last in in_trail and last in in_spool, 120, "every line")
                 done.set()
                 poller.join()
         finally:
+            collect.kill()
             node.kill_group()
             collector.kill_group()
         for name, seen in (
-            ("central trail (collect)", in_trail),
-            ("rsyslog omfile alone", in_plain),
+            ("central trail (rsyslog + collect)", in_trail),
+            ("spool (rsyslog forwarding alone)", in_spool),
         ):
             delays = [(seen[s] - t) * 1000 for s, t in written.items()]
             print(
@@ -255,16 +314,16 @@ def end_to_end(entries: int, rate: float) -> None:
 
 def poll(
     trail: Path,
-    plain: Path,
+    spool: Path,
     in_trail: dict[int, float],
-    in_plain: dict[int, float],
+    in_spool: dict[int, float],
     done: threading.Event,
 ) -> None:
-    """Record when each seq first appears in the central trail and in the omfile."""
-    offsets = {trail: 0, plain: 0}
-    partial = {trail: b"", plain: b""}
+    """Record when each seq first appears in the central trail and in the spool."""
+    offsets = {trail: 0, spool: 0}
+    partial = {trail: b"", spool: b""}
     while not done.is_set():
-        for path, seen in ((trail, in_trail), (plain, in_plain)):
+        for path, seen in ((trail, in_trail), (spool, in_spool)):
             with path.open("rb") as f:
                 f.seek(offsets[path])
                 data = f.read()
@@ -281,14 +340,33 @@ def poll(
 
 
 def main() -> None:
-    """Run both parts."""
+    """Run the three parts."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--entries", type=int, default=200_000)
     parser.add_argument("--e2e", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--skip", default="", help="comma-separated parts to skip: alone,rsyslog,delay"
+    )
     args = parser.parse_args()
-    ingest(args.entries)
-    end_to_end(args.e2e, args.rate)
+    skip = set(filter(None, args.skip.split(",")))
+    print(f"load average at start: {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        t0 = time.perf_counter()
+        roots = write_trails(base / "nodes", args.entries)
+        messages = messages_of(roots)
+        print(f"prepared {len(messages)} entries in {time.perf_counter() - t0:.1f}s")
+        if "alone" not in skip:
+            alone(base, messages)
+        if "rsyslog" not in skip:
+            for count in (len(messages) // 4, len(messages)):
+                part = roots if count == len(messages) else write_trails(base / f"n{count}", count)
+                throughput(base, part, count, args.runs)
+    if "delay" not in skip:
+        delay(args.e2e, args.rate)
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -75,9 +75,10 @@ MAX_PATHS: Final = 4096
 _raw_decode: Final = json.JSONDecoder().raw_decode
 # The C scanner behind json.loads, without its wrapper: (value, end) from an index.
 _scan: Final = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
-#: The header exactly as collector.conf's template writes it (no escapes in the path).
+#: The header as the node's template writes it (no escape in the path but ``\/``).
 _FAST_HEADER: Final = re.compile(
-    rb'([A-Za-z0-9][A-Za-z0-9._-]{0,252}) \{"file": ?"([^"\\\x00-\x1f\x7f-\xff]{1,4096})", ?'
+    rb"([A-Za-z0-9][A-Za-z0-9._-]{0,252}) "
+    rb'\{"file": ?"((?:[^"\\\x00-\x1f\x7f-\xff]|\\/){1,4096})", ?'
     rb'"offset": ?(0|[1-9][0-9]{0,17})\} '
 ).match
 _PATHS: dict[bytes, tuple[str, str]] = {}
@@ -129,7 +130,8 @@ def parse_message(message: bytes) -> Shipped:
     path = match.group(2)
     where = _PATHS.get(path)
     if where is None:
-        where = _stream_of(path.decode("ascii"))
+        # rsyslog's JSON escaping writes "/" as "\/"; no other escape is taken here.
+        where = _stream_of(path.replace(b"\\/", b"/").decode("ascii"))
         if len(_PATHS) >= MAX_PATHS:
             _PATHS.clear()
         _PATHS[path] = where

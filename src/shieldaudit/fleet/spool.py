@@ -384,6 +384,7 @@ def follow(  # noqa: C901 -- one loop: read, apply, sync, checkpoint, wait
     refused = counts.refused
     busy_until = 0.0
     backlog_at = 0.0
+    caught_up = False
     while not stop():
         try:
             batch = spool.read()
@@ -415,10 +416,15 @@ def follow(  # noqa: C901 -- one loop: read, apply, sync, checkpoint, wait
         if now - backlog_at >= 1.0:
             counts.backlog = spool.backlog()
             backlog_at = now
-        metrics.write()
         if batch.records or batch.torn or batch.oversized:
+            metrics.write()
             busy_until = now + BUSY_FOR
+            caught_up = False
             continue
+        if not caught_up:  # the spool is read to its end: the metrics say so at once
+            counts.backlog = spool.backlog()
+            metrics.write(force=True)
+            caught_up = True
         if once:
             break
         time.sleep(POLL_BUSY if now < busy_until else POLL_IDLE)

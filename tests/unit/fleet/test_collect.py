@@ -82,6 +82,48 @@ def test_trail_and_seal_lines_are_told_apart_by_their_file():
     assert caught.value.reason == "entry"
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        '{"file":"%s","offset":7}',
+        '{"file": "%s", "offset": 7}',
+        '{"file":"%s","offset":7}'.replace("/", "\\/"),
+        '{"offset":7,"file":"%s"}',
+        '{ "file":"%s","offset":7 }',
+    ],
+)
+def test_every_header_spelling_gives_the_same_line(header):
+    """The compact header rsyslog writes (slashes escaped or not) and any other JSON agree."""
+    path = f"/r/containers/{CID}/audit-000003.jsonl"
+    line = entry(5)
+    shipped = parse_message(f"node-a {header % path} {line}".encode())
+    assert (shipped.node, shipped.stream, shipped.file, shipped.offset, shipped.seq) == (
+        "node-a",
+        CID,
+        "audit-000003.jsonl",
+        7,
+        5,
+    )
+    assert shipped.line == line.encode()
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (f'node-a {{"file":"/r/containers/{CID}/audit.jsonl","offset":7}} {{"seq":1}} ', "entry"),
+        (f'node-a {{"file":"/r/containers/{CID}/audit.jsonl","offset":7}}  {{"seq":1}}', "entry"),
+        (f'node-a {{"file":"/r/containers/{CID}\\/..\\/x","offset":7}} {{}}', "file"),
+        (f'node-a {{"file":"/r/containers/{CID}/audit.jsonl","offset":-1}} {{}}', "envelope"),
+        ('-a {"file":"/r/seals/seals.jsonl","offset":0} {}', "node"),
+    ],
+)
+def test_near_miss_messages_are_refused(text, reason):
+    """Messages just off the fast path are refused for the same reasons as before."""
+    with pytest.raises(RefusedError) as caught:
+        parse_message(text.encode())
+    assert caught.value.reason == reason
+
+
 def test_every_metric_is_exported_at_zero():
     """All collect series exist from the start, so alerts on increase() work at once."""
     text = Counts().render()
