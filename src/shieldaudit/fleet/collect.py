@@ -77,9 +77,8 @@ _raw_decode: Final = json.JSONDecoder().raw_decode
 _scan: Final = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 #: The header as the node's template writes it (no escape in the path but ``\/``).
 _FAST_HEADER: Final = re.compile(
-    rb"([A-Za-z0-9][A-Za-z0-9._-]{0,252}) "
-    rb'\{"file": ?"((?:[^"\\\x00-\x1f\x7f-\xff]|\\/){1,4096})", ?'
-    rb'"offset": ?(0|[1-9][0-9]{0,17})\} '
+    rb'([A-Za-z0-9][A-Za-z0-9._-]{0,252}) '
+    rb'\{"file": ?"([^"\x00-\x1f\x7f-\xff]{1,4096})", ?"offset": ?([0-9]{1,18})\} '
 ).match
 _PATHS: dict[bytes, tuple[str, str]] = {}
 _NODE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
@@ -117,26 +116,29 @@ class Shipped:
 def parse_message(message: bytes) -> Shipped:
     """Validate one message from the collector's rsyslog (pure); raise RefusedError.
 
-    The header rsyslog builds (``{"file":"…","offset":N}`` with a path that
-    needs no escaping) is matched without a JSON parse; any other spelling
-    takes the general path. The line itself is parsed once, in full: only a
-    JSON object is ever written to a copy.
+    The header rsyslog builds (``{"file":"…","offset":N}``, slashes in the
+    path escaped or not) is matched without a JSON parse and its validated
+    path remembered; any other spelling takes the general path. The line
+    itself is parsed once, in full: only a JSON object is ever written to a
+    copy.
     """
     match = _FAST_HEADER(message)
     if match is None:
         return _parse_slow(message)
-    node = match.group(1).decode("ascii")
-    offset = int(match.group(3))
-    path = match.group(2)
+    node_b, path, offset_b = match.groups()
     where = _PATHS.get(path)
     if where is None:
-        # rsyslog's JSON escaping writes "/" as "\/"; no other escape is taken here.
-        where = _stream_of(path.replace(b"\\/", b"/").decode("ascii"))
+        # rsyslog's JSON escaping writes "/" as "\/"; any other escape takes the general path.
+        plain = path.replace(b"\\/", b"/")
+        if b"\\" in plain or (len(offset_b) > 1 and offset_b[0] == 0x30):
+            return _parse_slow(message)
+        where = _stream_of(plain.decode("ascii"))
         if len(_PATHS) >= MAX_PATHS:
             _PATHS.clear()
         _PATHS[path] = where
-    line = message[match.end() :]
-    return _shipped(node, where, offset, line)
+    elif len(offset_b) > 1 and offset_b[0] == 0x30:
+        return _parse_slow(message)
+    return _shipped(node_b.decode("ascii"), where, int(offset_b), message[match.end() :])
 
 
 def _parse_slow(message: bytes) -> Shipped:
