@@ -77,7 +77,7 @@ _raw_decode: Final = json.JSONDecoder().raw_decode
 _scan: Final = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 #: The header as the node's template writes it (no escape in the path but ``\/``).
 _FAST_HEADER: Final = re.compile(
-    rb'([A-Za-z0-9][A-Za-z0-9._-]{0,252}) '
+    rb"([A-Za-z0-9][A-Za-z0-9._-]{0,252}) "
     rb'\{"file": ?"([^"\x00-\x1f\x7f-\xff]{1,4096})", ?"offset": ?([0-9]{1,18})\} '
 ).match
 _PATHS: dict[bytes, tuple[str, str]] = {}
