@@ -979,15 +979,21 @@ class Metrics:
         self._at = 0.0
         self._alarms = (0, 0)
 
-    def write(self, *, force: bool = False) -> None:
-        """Replace the metrics text file (atomically), at most once a second unless forced."""
+    def write(self, *, force: bool = False, within: float = 0.0) -> bool:
+        """Replace the metrics text file (atomically), at most once a second unless forced.
+
+        Forced, it is still written at most once per ``within`` seconds.
+        Return whether it was written.
+        """
         if self.path is None:
-            return
+            return True
         now = time.monotonic()
         # What alerts watch (conflicts, refusals) is written at once, the rest once a second.
         alarms = (self.counts.conflicts, sum(self.counts.refused.values()))
         if not force and alarms == self._alarms and now - self._at < 1.0:
-            return
+            return False
+        if force and now - self._at < within:
+            return False
         self._at = now
         self._alarms = alarms
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
@@ -997,3 +1003,4 @@ class Metrics:
         except OSError as exc:
             if self.log is not None:
                 self.log(f"cannot write {self.path}: {exc.strerror or exc}")
+        return True

@@ -365,7 +365,7 @@ BUSY_FOR: Final = 1.0
 RETRY_AFTER: Final = 1.0
 
 
-def follow(  # noqa: C901 -- one loop: read, apply, sync, checkpoint, wait
+def follow(
     collector: Collector,
     spool: Spool,
     metrics: Metrics,
@@ -381,52 +381,60 @@ def follow(  # noqa: C901 -- one loop: read, apply, sync, checkpoint, wait
     a second later: nothing is skipped.
     """
     counts = collector.counts
-    refused = counts.refused
     busy_until = 0.0
     backlog_at = 0.0
-    caught_up = False
+    caught_up = True
     while not stop():
         try:
-            batch = spool.read()
-            for record in batch.records:
-                try:
-                    shipped = parse_message(record)
-                except RefusedError as exc:
-                    refused[exc.reason] += 1
-                    if log is not None:
-                        log(f"refused: {exc}")
-                    continue
-                collector.apply(shipped)
-            counts.torn += batch.torn
-            refused["entry"] += batch.oversized
-            collector.flush()
-            spool.commit()
+            read = _apply_batch(collector, spool, log)
         except (StorageError, OSError) as exc:
-            if log is not None:
-                message = getattr(exc, "message", None) or str(exc)
-                log(f"cannot store: {message}; reading again from the checkpoint in 1 s")
+            message = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
             collector.reset()
             spool.rewind()
             metrics.write(force=True)
             if once:
-                raise
+                raise StorageError(message) from None
+            if log is not None:
+                log(f"cannot store: {message}; reading again from the checkpoint in 1 s")
             time.sleep(RETRY_AFTER)
             continue
         now = time.monotonic()
         if now - backlog_at >= 1.0:
             counts.backlog = spool.backlog()
             backlog_at = now
-        if batch.records or batch.torn or batch.oversized:
+        if read:
             metrics.write()
             busy_until = now + BUSY_FOR
             caught_up = False
             continue
-        if not caught_up:  # the spool is read to its end: the metrics say so at once
-            counts.backlog = spool.backlog()
-            metrics.write(force=True)
+        # The spool is read to its end: the metrics say so (at most ten times a second).
+        if not caught_up and metrics.write(force=True, within=0.1):
             caught_up = True
         if once:
             break
         time.sleep(POLL_BUSY if now < busy_until else POLL_IDLE)
     counts.backlog = spool.backlog()
     metrics.write(force=True)
+
+
+def _apply_batch(collector: Collector, spool: Spool, log: Callable[[str], None] | None) -> bool:
+    """Read, apply, sync and checkpoint one batch; return whether there was anything."""
+    batch = spool.read()
+    if not (batch.records or batch.torn or batch.oversized):
+        return False
+    counts = collector.counts
+    refused = counts.refused
+    for record in batch.records:
+        try:
+            shipped = parse_message(record)
+        except RefusedError as exc:
+            refused[exc.reason] += 1
+            if log is not None:
+                log(f"refused: {exc}")
+            continue
+        collector.apply(shipped)
+    counts.torn += batch.torn
+    refused["entry"] += batch.oversized
+    collector.flush()
+    spool.commit()
+    return True
