@@ -224,6 +224,7 @@ class Counts:
     conflicts: int = 0
     torn: int = 0  # spool records torn by a crash of rsyslog (written again after it)
     backlog: int | None = None  # spool bytes not yet applied (following a spool only)
+    spool_size: int = 0  # the size of the spool file rsyslog writes to
     refused: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(("envelope", "node", "file", "entry", "backlog"), 0)
     )
@@ -265,6 +266,12 @@ class Counts:
                 "# HELP shieldaudit_collect_spool_backlog_bytes Spool bytes not yet applied",
                 "# TYPE shieldaudit_collect_spool_backlog_bytes gauge",
                 f"shieldaudit_collect_spool_backlog_bytes {self.backlog}",
+                (
+                    "# HELP shieldaudit_collect_spool_file_bytes Size of the spool file rsyslog "
+                    "writes to (past its rotation limit: the rotation failed)"
+                ),
+                "# TYPE shieldaudit_collect_spool_file_bytes gauge",
+                f"shieldaudit_collect_spool_file_bytes {self.spool_size}",
             ]
         return "\n".join(lines) + "\n"
 

@@ -335,21 +335,24 @@ class Spool:
             self._partial = b""
             self._skipping = True
 
-    def backlog(self) -> int:
-        """Return the bytes in the spool after the checkpoint (for the metrics)."""
+    def backlog(self) -> tuple[int, int]:
+        """Return the bytes after the checkpoint and the spool file's size (for the metrics)."""
         total = 0
+        active = 0
         seen = self.committed is None
         for name, ino in self.files():
             try:
                 size = os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False).st_size
             except FileNotFoundError:
                 continue
+            if name == self.name:
+                active = size
             if not seen and self.committed is not None and ino == self.committed.inode:
                 seen = True
                 total += max(0, size - self.committed.offset)
             elif seen:
                 total += size
-        return total
+        return total, active
 
     def _say(self, message: str) -> None:
         if self.log is not None:
@@ -400,7 +403,7 @@ def follow(
             continue
         now = time.monotonic()
         if now - backlog_at >= 1.0:
-            counts.backlog = spool.backlog()
+            counts.backlog, counts.spool_size = spool.backlog()
             backlog_at = now
         if read:
             metrics.write()
@@ -408,12 +411,13 @@ def follow(
             caught_up = False
             continue
         # The spool is read to its end: the metrics say so (at most ten times a second).
-        if not caught_up and metrics.write(force=True, within=0.1):
-            caught_up = True
+        if not caught_up:
+            counts.backlog, counts.spool_size = spool.backlog()
+            caught_up = metrics.write(force=True, within=0.1)
         if once:
             break
         time.sleep(POLL_BUSY if now < busy_until else POLL_IDLE)
-    counts.backlog = spool.backlog()
+    counts.backlog, counts.spool_size = spool.backlog()
     metrics.write(force=True)
 
 

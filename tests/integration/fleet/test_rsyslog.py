@@ -164,13 +164,22 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 
 
 def test_shipped_configs_validate(tmp_path):
-    """Rsyslogd -N1 accepts both shipped files as they are and as the tests fill them in."""
+    """Rsyslogd -N1 accepts both shipped files as they are and as the tests fill them in.
+
+    A missing or failing rotation script makes rsyslog drop what it receives
+    (docs/operations.md): the one collector.conf names is pinned here.
+    """
     for name in ("node.conf", "collector.conf"):
         text = (
             (DEPLOY / name).read_text(encoding="utf-8").replace("/var/spool/rsyslog", str(tmp_path))
         )
         result = validate(text, tmp_path / name)
         assert result.returncode == 0, result.stderr
+    # The rotation script collector.conf names is shipped beside it, executable, valid sh.
+    rotate = DEPLOY / "shieldaudit-spool-rotate"
+    assert "/usr/local/libexec/shieldaudit-spool-rotate" in (DEPLOY / "collector.conf").read_text()
+    assert os.access(rotate, os.X_OK)
+    assert subprocess.run(["sh", "-n", str(rotate)], check=False, timeout=60).returncode == 0
     filled = [
         node_config(tmp_path / "r", tmp_path, "node-a", 2514),
         collector_config(tmp_path / "spool", tmp_path, 2514),

@@ -101,6 +101,7 @@ def test_rotated_while_collect_was_down_applied_once_and_removed(setup):
     text = collect.metrics.read_text()
     assert metric(text, 'shieldaudit_collect_entries_total{outcome="stored"}') == len(records)
     assert metric(text, "shieldaudit_collect_spool_backlog_bytes") == 0
+    assert metric(text, "shieldaudit_collect_spool_file_bytes") == spool.stat().st_size
     again = collect.once()
     assert again.returncode == 0, again.stderr
     text = collect.metrics.read_text()
