@@ -14,66 +14,29 @@ first tree. Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import RUN_CLI, generate  # the sibling script's backlog writer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def events_total(port: int) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-    except OSError:
-        return 0.0
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("shieldaudit_events_total{")
-    )
+from run import Sidecar, generate  # the sibling script's sidecar and backlog writer
 
 
 def catch_up(tree: Path, root: Path, total: int) -> float:
     """Return entries/s from process start until every entry is counted."""
     shutil.rmtree(root / "state", ignore_errors=True)
     (root / "state").mkdir(mode=0o700)
-    port = free_port()
-    env = {**os.environ, "SHIELDAUDIT_CONFIG": os.devnull, "PYTHONPATH": str(tree)}
-    env["SHIELDAUDIT_SEAL_INTERVAL"] = "0"
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-c", RUN_CLI, "--root", str(root)),
-            *("sidecar", "--no-listen", "--metrics-port", str(port)),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
+    sidecar = Sidecar(root, env={"PYTHONPATH": str(tree), "SHIELDAUDIT_SEAL_INTERVAL": "0"})
     try:
-        while events_total(port) < total:
-            if proc.poll() is not None:
-                raise SystemExit(f"sidecar from {tree} exited during catch-up")
-            time.sleep(0.005)
-        elapsed = time.monotonic() - started
+        sidecar.wait_until(
+            lambda: sidecar.events() >= total, f"the catch-up from {tree}", interval=0.005
+        )
+        elapsed = time.monotonic() - sidecar.started
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        sidecar.stop()
     return total / elapsed
 
 

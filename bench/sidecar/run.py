@@ -96,9 +96,11 @@ def rss_mib(pid: int) -> float:
 class Sidecar(SidecarProc):
     """A ``shieldaudit sidecar --no-listen`` process on a free port; its output goes to files."""
 
-    def __init__(self, root: Path) -> None:
-        """Start it now (the clock for time-to-ready starts here)."""
-        super().__init__(root, logs=root.parent / f"{root.name}-sidecar", deadline_s=DEADLINE_S)
+    def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
+        """Start it now (the clock for time-to-ready starts here), ``env`` added."""
+        super().__init__(
+            root, env=env, logs=root.parent / f"{root.name}-sidecar", deadline_s=DEADLINE_S
+        )
 
     def events(self) -> float:
         """Return shieldaudit_events_total summed over its labels (-1 when unreachable).
@@ -121,8 +123,10 @@ class Sidecar(SidecarProc):
 
     def stop(self) -> None:
         """SIGTERM and wait."""
-        self.terminate()
-        self.close()
+        try:
+            self.terminate(timeout=60)
+        finally:
+            self.close()
 
 
 def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
