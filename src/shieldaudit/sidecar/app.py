@@ -30,7 +30,7 @@ from shieldaudit.store.chain import NO_KEYS, KeyRing
 from shieldaudit.store.reconcile import DEFAULT_GRACE_S
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from pathlib import Path
     from types import FrameType
 
@@ -60,7 +60,7 @@ class ListenerHandle(Protocol):
         ...
 
 
-def watch_event(entry: dict[str, object]) -> bytes:
+def watch_event(entry: Mapping[str, object]) -> bytes:
     """Project an entry onto a WatchEvent JSON line, newline included (pure).
 
     The line's keys are documented in docs/sidecar.md, "``--emit``".
@@ -68,10 +68,10 @@ def watch_event(entry: dict[str, object]) -> bytes:
     return WatchEvent.from_entry(entry).json_line()
 
 
-def line_emitter(stream: BinaryIO) -> Callable[[dict[str, object]], None]:
+def line_emitter(stream: BinaryIO) -> Callable[[Mapping[str, object]], None]:
     """Return an emitter writing one flushed WatchEvent line per entry to ``stream``."""
 
-    def emit(entry: dict[str, object]) -> None:
+    def emit(entry: Mapping[str, object]) -> None:
         stream.write(watch_event(entry))
         stream.flush()
 
@@ -88,7 +88,7 @@ class Sidecar:
         registry: CollectorRegistry | None = None,
         addr: str = "127.0.0.1",
         port: int = 9469,
-        emit: Callable[[dict[str, object]], None] | None = None,
+        emit: Callable[[Mapping[str, object]], None] | None = None,
         from_end: bool = False,
         poll_interval: float = 1.0,
         use_inotify: bool = True,

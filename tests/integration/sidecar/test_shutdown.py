@@ -88,7 +88,7 @@ def test_sigterm_exits_with_checkpoint_when_podman_went_away(tmp_path, podman_se
 
             sidecar.proc.send_signal(signal.SIGTERM)
             assert sidecar.proc.wait(timeout=EXIT_BOUND_S) == 0
-            log = sidecar.proc.stderr.read().decode()  # type: ignore[union-attr]
+            log = sidecar.stderr()
             if silent is not None:
                 assert "the events listener did not stop within 2s" in log
     finally:

@@ -32,7 +32,7 @@ class StartJudge:
         *,
         tally_of: Callable[[str], Tally],
         changed: Callable[[str], None],
-        emit: Callable[[dict[str, object]], None] | None = None,
+        emit: Callable[[Mapping[str, object]], None] | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         """Judge starts ``grace`` seconds old.

@@ -54,7 +54,7 @@ from shieldaudit.store.chain import NO_KEYS, KeyRing
 from shieldaudit.store.reconcile import DEFAULT_GRACE_S
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from pathlib import Path
 
 log = logging.getLogger("shieldaudit.sidecar")
@@ -76,7 +76,7 @@ class Watcher:
         *,
         publish: Callable[[Tally], None],
         watched: Callable[[int], None] = lambda _n: None,
-        emit: Callable[[dict[str, object]], None] | None = None,
+        emit: Callable[[Mapping[str, object]], None] | None = None,
         from_end: bool = False,
         poll_interval: float = 1.0,
         use_inotify: bool = True,

@@ -479,3 +479,34 @@ def test_random_retention_never_counts_twice(tmp_path):
         assert seqs == sorted(set(seqs))  # strictly increasing: never twice
         gaps += sum(1 for a, b in itertools.pairwise(seqs) if b != a + 1)
     assert failures == gaps
+
+
+def test_validated_decoding_decides_every_line_as_json_did(tmp_path):
+    """What the fast decoding refuses, json decides: an odd entry counts, a non-store line not."""
+    root = tmp_path / "root"
+    with writer(root, max_segment_bytes=64 * 1024 * 1024) as w:
+        w.append(CID_A, {"source": "hook", "action": "poststart", "detail": "lone \ud800"})
+        w.append(CID_A, {"source": "hook", "action": "poststart", "container": "wéb"})
+        w.append(CID_A, {"source": "events", "action": "start", "detail": "x"})
+    active = trail(root, CID_A) / "audit.jsonl"
+    lines = active.read_bytes().splitlines(keepends=True)
+    assert b"\\ud800" in lines[0]  # an escaped lone surrogate: json takes it, pydantic does not
+    assert b"\\u00e9" in lines[1]  # the store writes ASCII
+    not_entries = [
+        b" " + lines[2],  # whitespace around the object
+        lines[2].rstrip(b"\n") + b" \n",
+        lines[1].replace(b"\\u00e9", "é".encode()),  # raw UTF-8: never written by the store
+        b'{"seq":1.0,"mac":"m","prev":""}\n',  # no coercion of seq or mac
+        b'{"seq":true,"mac":"m","prev":""}\n',
+        b'{"seq":1,"mac":5,"prev":""}\n',
+        b'{"seq":1,"mac":"m"}\n',  # prev is required
+        b'{"seq":1,"mac":"m","prev":"",}\n',
+    ]
+    active.write_bytes(b"".join(lines[:2] + not_entries + lines[2:]))
+    proc = Process(root).stop()
+
+    assert proc.events == 3
+    assert proc.published.parse_errors == len(not_entries)
+    assert proc.published.integrity_failures == 0
+    assert [e["detail"] for e in proc.emitted] == ["lone \ud800", "", "x"]
+    assert proc.emitted[1]["container"] == "wéb"
