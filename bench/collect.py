@@ -170,6 +170,12 @@ def lockstep(central: Path, messages: list[bytes]) -> float:
 
 def alone(base: Path, messages: list[bytes]) -> None:
     """Part 1."""
+    (base / "spool-empty").mkdir()
+    (base / "spool-empty" / "spool").write_bytes(b"")
+    startup = min(
+        run_once(base / "central-empty", base / "spool-empty" / "spool")[0] for _ in range(3)
+    )
+    print(f"collect --once on an empty spool (start and stop): {startup:.2f}s")
     for count in (len(messages) // 4, len(messages)):
         spool_dir = base / f"spool-{count}"
         spool_dir.mkdir()
@@ -177,7 +183,8 @@ def alone(base: Path, messages: list[bytes]) -> None:
         os.sync()  # the node trails' and the spool's dirty pages are not collect's to write
         seconds, cpu, rss = run_once(base / f"central-{count}", spool_dir / "spool")
         print(
-            f"collect alone, {count} entries: {seconds:.2f}s = {count / seconds:,.0f} entries/s "
+            f"collect alone, {count} entries: {seconds:.2f}s = {count / seconds:,.0f} entries/s, "
+            f"{count / (seconds - startup):,.0f}/s without start and stop "
             f"(CPU {cpu:.2f}s = {count / cpu:,.0f} entries per CPU-second), "
             f"peak RSS {rss / 1024:.1f} MiB"
         )
