@@ -300,7 +300,7 @@ class Tail:
             self._tally.parse_errors += 1
             m.offset += len(pending)
 
-    def _lines(self, fd: int, data: bytes) -> int:  # noqa: C901 -- the hot loop, in one piece
+    def _lines(self, fd: int, data: bytes) -> int:  # noqa: C901, PLR0915 -- the hot loop, whole
         """Count the complete lines of ``data``, which starts at the mark's offset.
 
         The hot loop of the sidecar: one validated decoding (:class:`LineFields`)
@@ -355,7 +355,11 @@ class Tail:
             m.last_seq = seq
             m.last_mac = mac
             key = (entry.get("source"), entry.get("action"))
-            events[key] = events.get(key, 0) + 1
+            try:
+                events[key] = events.get(key, 0) + 1
+            except TypeError:  # a list or object there (a foreign writer): counted as "other"
+                key = _hashable(key)
+                events[key] = events.get(key, 0) + 1
             if key in WATCHED:
                 ledger.observe(key, entry.get("ts"), seq, entry.get("container"))
             if emit is not None:
@@ -420,6 +424,15 @@ class Tail:
             m.inode = os.stat(segment_file(m.segment), dir_fd=dir_fd, follow_symlinks=False).st_ino
         except FileNotFoundError:
             m.inode = 0
+
+
+def _hashable(key: tuple[object, object]) -> tuple[object, object]:
+    """Replace a source or action that is a list or object by None (its series is ``other``)."""
+    source, action = key
+    return (
+        source if isinstance(source, str | int | float | bool) else None,
+        action if isinstance(action, str | int | float | bool) else None,
+    )
 
 
 def _slow(decode: Callable[[str], tuple[Any, int]], line: bytes) -> LineFields | None:

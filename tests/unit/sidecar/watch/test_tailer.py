@@ -510,3 +510,22 @@ def test_validated_decoding_decides_every_line_as_json_did(tmp_path):
     assert proc.published.integrity_failures == 0
     assert [e["detail"] for e in proc.emitted] == ["lone \ud800", "", "x"]
     assert proc.emitted[1]["container"] == "wéb"
+
+
+def test_a_list_or_object_as_source_or_action_counts_as_other(tmp_path):
+    """A foreign line with a list as source or an object as action is counted, not fatal."""
+    root = tmp_path / "root"
+    with writer(root, max_segment_bytes=64 * 1024 * 1024) as w:
+        w.append(CID_A, {"source": ["hook"], "action": "poststart"})
+        w.append(CID_A, {"source": "hook", "action": {"a": 1}})
+        w.append(CID_A, {"source": "hook", "action": "poststart"})
+    proc = Process(root).stop()
+
+    assert proc.events == 3
+    assert proc.published.events == {
+        (None, "poststart"): 1,
+        ("hook", None): 1,
+        ("hook", "poststart"): 1,
+    }
+    assert proc.published.parse_errors == 0
+    assert proc.published.integrity_failures == 0
