@@ -20,20 +20,13 @@ import json
 from typing import TYPE_CHECKING, Final
 
 from shieldaudit.core import ids
+from shieldaudit.core.actions import HOOK_STAGES
 from shieldaudit.core.errors import InvalidContainerIdError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-#: The OCI hook stages (runtime-spec config.md "POSIX-platform Hooks").
-STAGES = (
-    "prestart",
-    "createRuntime",
-    "createContainer",
-    "startContainer",
-    "poststart",
-    "poststop",
-)
+STAGES = HOOK_STAGES
 MAX_DETAIL_CHARS = 512
 MAX_ANNOTATIONS = 32
 MAX_ANNOTATION_KEY_CHARS = 128

@@ -11,16 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-SOURCES: Final = ("hook", "events", "cli")
-#: OCI hook stages (runtime-spec ``hooks``).
-HOOK_ACTIONS: Final = (
-    "prestart",
-    "createRuntime",
-    "createContainer",
-    "startContainer",
-    "poststart",
-    "poststop",
-)
+from shieldaudit.core.actions import HOOK_STAGES, SOURCES
+
+HOOK_ACTIONS: Final = HOOK_STAGES
 #: Podman container event statuses.
 EVENT_ACTIONS: Final = (
     "attach",
