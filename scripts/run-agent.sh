@@ -76,7 +76,7 @@ esac
 # The effective settings, resolved exactly as the sidecar will resolve them
 # (option > environment > config file > default).
 settings=$("$python" - <<'PY'
-from shieldaudit.core.config import load_settings
+from shieldaudit.core.settings import load_settings
 from shieldaudit.core.errors import ShieldAuditError
 import sys
 try:
