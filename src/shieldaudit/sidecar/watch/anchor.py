@@ -15,7 +15,7 @@ from typing import Final
 from shieldaudit.core.errors import ShieldAuditError
 from shieldaudit.sidecar.watch.checkpoint import Mark
 from shieldaudit.store import chain, layout
-from shieldaudit.store.tailscan import reverse_lines
+from shieldaudit.store.tailscan import complete_end, reverse_lines
 
 CHUNK: Final = 1024 * 1024
 MAX_LINE_BYTES: Final = 1024 * 1024
@@ -70,9 +70,7 @@ def mark_at_end(dir_fd: int) -> Mark:
             continue
         try:
             st = os.fstat(fd)
-            end = st.st_size
-            if end and os.pread(fd, 1, end - 1) != _NL:
-                end = _last_line_end(fd, end)
+            end = complete_end(fd, st.st_size)
             for line in reverse_lines(fd, end):
                 head = chain.head_of((line,))
                 if head is not None:
@@ -83,17 +81,6 @@ def mark_at_end(dir_fd: int) -> Mark:
         finally:
             os.close(fd)
     return mark
-
-
-def _last_line_end(fd: int, size: int) -> int:
-    pos = size
-    while pos > 0:
-        step = min(CHUNK, pos)
-        pos -= step
-        nl = os.pread(fd, step, pos).rfind(_NL)
-        if nl >= 0:
-            return pos + nl + 1
-    return 0
 
 
 def _line_end_of(fd: int, end: int, mac: str) -> int:
