@@ -33,13 +33,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import json.scanner
 import os
 import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Annotated, Final
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shieldaudit.core import ids
 from shieldaudit.core.errors import StorageError
@@ -73,16 +74,18 @@ SYNCFS_FROM: Final = 8
 #: Validated file paths remembered (path -> stream, file name); cleared when full.
 MAX_PATHS: Final = 4096
 _raw_decode: Final = json.JSONDecoder().raw_decode
-# The C scanner behind json.loads, without its wrapper: (value, end) from an index.
-_scan: Final = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
-#: The header as the node's template writes it (no escape in the path but ``\/``).
-_FAST_HEADER: Final = re.compile(
-    rb"([A-Za-z0-9][A-Za-z0-9._-]{0,252}) "
-    rb'\{"file": ?"([^"\x00-\x1f\x7f-\xff]{1,4096})", ?"offset": ?([0-9]{1,18})\} '
-).match
-_PATHS: dict[bytes, tuple[str, str]] = {}
+#: The header as the node's template writes it, up to its offset (no escape in the path but ``\/``).
+_FAST_HEAD: Final = re.compile(
+    rb'([A-Za-z0-9][A-Za-z0-9._-]{0,252}) \{"file":"([^"\x00-\x1f\x7f-\xff]{1,4096})'
+).fullmatch
+_OFFSET_KEY: Final = b'","offset":'
+#: Where the offset key must be found: past the longest node name and path.
+_HEAD_MAX: Final = 253 + 10 + 4096 + len(_OFFSET_KEY)
+#: Validated heads (node and path) -> (node, stream, file name); cleared when full.
+_HEADS: dict[bytes, tuple[str, str, str]] = {}
 _NODE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
-_HEXMAC: Final = re.compile(r"[0-9a-f]{16,128}")
+#: A MAC or chain link: lower-case hex, as long as the chain's hash makes it.
+HexMac = Annotated[str, Field(pattern=r"^[0-9a-f]{16,128}$")]
 
 
 class RefusedError(ValueError):
@@ -117,28 +120,42 @@ def parse_message(message: bytes) -> Shipped:
     """Validate one message from the collector's rsyslog (pure); raise RefusedError.
 
     The header rsyslog builds (``{"file":"…","offset":N}``, slashes in the
-    path escaped or not) is matched without a JSON parse and its validated
-    path remembered; any other spelling takes the general path. The line
-    itself is parsed once, in full: only a JSON object is ever written to a
-    copy.
+    path escaped or not) is taken apart without a JSON parse, and what its
+    node and path validate to is remembered; any other spelling takes the
+    general path. The line itself is parsed once, in full: only a JSON
+    object is ever written to a copy.
     """
-    match = _FAST_HEADER(message)
+    cut = message.find(_OFFSET_KEY, 0, _HEAD_MAX)
+    if cut > 0:
+        start = cut + len(_OFFSET_KEY)
+        end = message.find(b"} ", start, start + 20)
+        offset_b = message[start:end]
+        # Digits only, no leading zero (that is not JSON): anything else takes the general path.
+        if end > start and offset_b.isdigit() and (offset_b[0] != 0x30 or end == start + 1):
+            head = message[:cut]
+            where = _HEADS.get(head)
+            if where is None:
+                where = _head_of(head)
+            if where is not None:
+                return _shipped(where, int(offset_b), message[end + 2 :])
+    return _parse_slow(message)
+
+
+def _head_of(head: bytes) -> tuple[str, str, str] | None:
+    """Return ``(node, stream, file name)`` for ``<node> {"file":"<path>``; None if unusual."""
+    match = _FAST_HEAD(head)
     if match is None:
-        return _parse_slow(message)
-    node_b, path, offset_b = match.groups()
-    where = _PATHS.get(path)
-    if where is None:
-        # rsyslog's JSON escaping writes "/" as "\/"; any other escape takes the general path.
-        plain = path.replace(b"\\/", b"/")
-        if b"\\" in plain or (len(offset_b) > 1 and offset_b[0] == 0x30):
-            return _parse_slow(message)
-        where = _stream_of(plain.decode("ascii"))
-        if len(_PATHS) >= MAX_PATHS:
-            _PATHS.clear()
-        _PATHS[path] = where
-    elif len(offset_b) > 1 and offset_b[0] == 0x30:
-        return _parse_slow(message)
-    return _shipped(node_b.decode("ascii"), where, int(offset_b), message[match.end() :])
+        return None
+    node_b, path = match.groups()
+    # rsyslog's JSON escaping writes "/" as "\/"; any other escape takes the general path.
+    plain = path.replace(b"\\/", b"/")
+    if b"\\" in plain:
+        return None
+    stream, name = _stream_of(plain.decode("ascii"))
+    if len(_HEADS) >= MAX_PATHS:
+        _HEADS.clear()
+    where = _HEADS[head] = (node_b.decode("ascii"), stream, name)
+    return where
 
 
 def _parse_slow(message: bytes) -> Shipped:
@@ -167,37 +184,70 @@ def _parse_slow(message: bytes) -> Shipped:
     # Entries are written ASCII-only: anything else did not come from a trail.
     if not line_text.isascii():
         raise RefusedError("entry", "the line is not one line of ASCII")
-    return _shipped(node, where, offset, line_text.encode("ascii"))
+    return _shipped((node, *where), offset, line_text.encode("ascii"))
 
 
-def _shipped(node: str, where: tuple[str, str], offset: int | None, line: bytes) -> Shipped:
-    stream, name = where
+class _TrailLine(BaseModel):
+    """What collect needs of a trail line; validating it parses the whole line as JSON.
+
+    pydantic's JSON parser checks the line's syntax to its end (only an
+    object, nothing after it) and builds only these fields, which costs less
+    than building the whole object and checking its fields one by one.
+    """
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    seq: int = Field(ge=1)
+    mac: HexMac
+    prev: HexMac
+    container_id: object = None
+
+
+class _SealLine(BaseModel):
+    """What collect needs of a seal record (``seal`` numbers them)."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    seal: int = Field(ge=1)
+    mac: HexMac
+    prev: HexMac
+
+
+# The validators themselves, without model_validate_json's wrapper around them.
+_trail_line: Final = _TrailLine.__pydantic_validator__.validate_json
+_seal_line: Final = _SealLine.__pydantic_validator__.validate_json
+
+
+def _shipped(where: tuple[str, str, str], offset: int | None, line: bytes) -> Shipped:
+    node, stream, name = where
     # Entries are written ASCII-only: anything else did not come from a trail.
     if not line.isascii() or b"\n" in line:
         raise RefusedError("entry", "the line is not one line of ASCII")
     if len(line) > MAX_LINE_BYTES:
         raise RefusedError("entry", "the line is too long")
-    text = line.decode("ascii")
     try:
-        value, end = _scan(text, 0)
-    except (StopIteration, ValueError, RecursionError):
-        raise RefusedError("entry", "the line is not an ASCII JSON object") from None
-    if end != len(text) or not isinstance(value, dict):
-        raise RefusedError("entry", "the line is not a JSON object")
-    if stream == SEALS_STREAM:
-        key = "seal"
-    else:
-        key = "seq"
-        if value.get("container_id") != stream:
-            raise RefusedError("entry", "container_id differs from the trail it was read from")
-    seq, mac, prev = value.get(key), value.get("mac"), value.get("prev")
-    if type(seq) is not int or seq < 1:
-        raise RefusedError("entry", f"missing or invalid {key}")
-    if type(mac) is not str or _HEXMAC.fullmatch(mac) is None:
-        raise RefusedError("entry", "missing or invalid mac")
-    if type(prev) is not str or _HEXMAC.fullmatch(prev) is None:
-        raise RefusedError("entry", "missing or invalid prev")
-    return Shipped(node, stream, name, offset, seq, mac, prev, line)
+        if stream == SEALS_STREAM:
+            seal = _seal_line(line)
+            return Shipped(node, stream, name, offset, seal.seal, seal.mac, seal.prev, line)
+        value = _trail_line(line)
+    except ValidationError as exc:
+        raise RefusedError(
+            "entry", _why(exc, "seal" if stream == SEALS_STREAM else "seq")
+        ) from None
+    if value.container_id != stream:
+        raise RefusedError("entry", "container_id differs from the trail it was read from")
+    return Shipped(node, stream, name, offset, value.seq, value.mac, value.prev, line)
+
+
+def _why(exc: ValidationError, key: str) -> str:
+    """Say in a few words why a line was refused (the first problem pydantic found)."""
+    error = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+    if error["type"] == "json_invalid":
+        return "the line is not JSON"
+    if error["type"] in {"model_type", "model_attributes_type"}:
+        return "the line is not a JSON object"
+    where = error["loc"][0] if error["loc"] else key
+    return f"missing or invalid {where}"
 
 
 def _stream_of(path: str) -> tuple[str, str]:
@@ -306,8 +356,12 @@ class _Stream:
     def remember(self, seq: int, mac: str) -> None:
         recent = self.recent
         recent[seq] = mac
-        if len(recent) >= 2 * RECENT:  # trimmed in bulk: the newest RECENT stay
-            self.recent = dict(list(recent.items())[-RECENT:])
+        if len(recent) >= 2 * RECENT:
+            self.trim_recent()
+
+    def trim_recent(self) -> None:
+        """Keep the newest RECENT pairs (trimmed in bulk, not one by one)."""
+        self.recent = dict(list(self.recent.items())[-RECENT:])
 
 
 class Collector:
@@ -364,7 +418,8 @@ class Collector:
 
     def apply(self, shipped: Shipped) -> str:
         """Apply one line (durable at the next flush); return what became of it."""
-        stream = self._streams.get((shipped.node, shipped.stream))
+        key = (shipped.node, shipped.stream)
+        stream = self._streams.get(key)
         if stream is None:
             stream = self._stream(shipped.node, shipped.stream)
         elif (
@@ -378,18 +433,21 @@ class Collector:
             and not stream.pending
             and not stream.forks
         ):
-            self._streams.move_to_end((shipped.node, shipped.stream))
+            self._streams.move_to_end(key)
             data = shipped.line + b"\n"
             stream.buffer.append(data)
             stream.active_size += len(data)
-            stream.head_seq = shipped.seq
-            stream.head_mac = shipped.mac
-            stream.remember(shipped.seq, shipped.mac)
+            stream.head_seq = seq = shipped.seq
+            stream.head_mac = mac = shipped.mac
+            recent = stream.recent
+            recent[seq] = mac
+            if len(recent) >= 2 * RECENT:
+                stream.trim_recent()
             stream.dirty = True
             self.counts.stored += 1
             return "stored"
         else:
-            self._streams.move_to_end((shipped.node, shipped.stream))
+            self._streams.move_to_end(key)
         outcome = self._apply(stream, shipped)
         if outcome == "stored":
             self._drain(stream)

@@ -124,6 +124,79 @@ def test_near_miss_messages_are_refused(text, reason):
     assert caught.value.reason == reason
 
 
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ("not json", "the line is not JSON"),
+        ("[1, 2]", "the line is not a JSON object"),
+        ('"text"', "the line is not a JSON object"),
+        (entry() + " {}", "the line is not JSON"),  # something after the object
+        (entry()[:-1], "the line is not JSON"),  # cut short
+        (entry().replace('"seq":1', '"seq":0'), "missing or invalid seq"),
+        (entry().replace('"seq":1', '"seq":true'), "missing or invalid seq"),
+        (entry().replace('"seq":1', '"seq":1.0'), "missing or invalid seq"),
+        (entry().replace('"seq":1', '"seq":"1"'), "missing or invalid seq"),
+        (entry().replace('"seq":1,', ""), "missing or invalid seq"),
+        (entry().replace(MAC, MAC.upper()), "missing or invalid mac"),
+        (entry().replace(MAC, "1f"), "missing or invalid mac"),
+        (entry().replace(PREV, "0" * 200), "missing or invalid prev"),
+        (entry().replace(CID, "cd" * 32), "container_id differs from the trail it was read from"),
+        (entry().replace(f'"container_id":"{CID}",', ""), "container_id differs"),
+        (entry().replace(f'"{CID}"', "null"), "container_id differs"),
+        (entry().replace('"seq":1', '"seq":1,"x":[1,]'), "the line is not JSON"),
+        (entry().replace('"chain"', '"ch\\u00e9in"'), None),  # an escape is still ASCII
+    ],
+)
+def test_every_shipped_line_is_parsed_in_full(line, why):
+    """Only one JSON object with a valid seq, mac and prev of its own trail reaches a copy."""
+    text = message("node-a", f"/r/containers/{CID}/audit.jsonl", 7, line)
+    if why is None:
+        assert parse_message(text).line == line.encode()
+        return
+    with pytest.raises(RefusedError) as caught:
+        parse_message(text)
+    assert caught.value.reason == "entry"
+    assert str(caught.value).startswith(why)
+
+
+def test_a_non_ascii_line_is_refused():
+    """Trail lines are ASCII (the writer escapes): raw UTF-8 did not come from a trail."""
+    line = entry().replace('"chain"', '"ch\u00e9in"')
+    text = message("node-a", f"/r/containers/{CID}/audit.jsonl", 7, line)
+    with pytest.raises(RefusedError, match="not one line of ASCII"):
+        parse_message(text)
+
+
+def test_a_remembered_header_belongs_to_its_node_and_path_only():
+    """What one node's header validated to is never used for another node or file."""
+    path = f"/r/containers/{CID}/audit.jsonl"
+    first = parse_message(message("node-a", path, 7, entry()))
+    other_node = parse_message(message("node-b", path, 7, entry()))
+    other_file = parse_message(
+        message("node-a", path.replace("audit.jsonl", "audit-000002.jsonl"), 0, entry())
+    )
+    assert (first.node, first.file) == ("node-a", "audit.jsonl")
+    assert (other_node.node, other_node.file) == ("node-b", "audit.jsonl")
+    assert (other_file.node, other_file.file, other_file.offset) == (
+        "node-a",
+        "audit-000002.jsonl",
+        0,
+    )
+    with pytest.raises(RefusedError) as caught:
+        parse_message(message("node-a", path.replace(CID, "x" * 64), 7, entry()))
+    assert caught.value.reason == "file"
+
+
+@pytest.mark.parametrize("offset", ["007", "-1", "1e3", "", "7.0"])
+def test_an_offset_that_is_not_a_plain_number_is_refused(offset):
+    """Leading zeros, signs, exponents and absurd offsets are not taken by the fast path."""
+    path = f"/r/containers/{CID}/audit.jsonl"
+    text = f'node-a {{"file":"{path}","offset":{offset}}} {entry()}'.encode()
+    with pytest.raises(RefusedError) as caught:
+        parse_message(text)
+    assert caught.value.reason == "envelope"
+
+
 def test_every_metric_is_exported_at_zero():
     """All collect series exist from the start, so alerts on increase() work at once."""
     text = Counts().render()
