@@ -64,6 +64,10 @@ COMMIT: Final = b"COMMIT TRANSACTION"
 MAX_LINE_BYTES: Final = 1024 * 1024
 #: Lines waiting for an earlier one, per stream; past that the stream's newest are refused.
 MAX_PENDING: Final = 100_000
+#: The same limit in bytes, per stream and over every open stream: what waits is held in
+#: memory, so memory stays bounded whatever a node sends (at most MAX_OPEN x the first).
+MAX_PENDING_BYTES: Final = 8 * 1024 * 1024
+MAX_PENDING_TOTAL: Final = 128 * 1024 * 1024
 #: Recent (seq -> mac) pairs remembered per stream to recognise redeliveries cheaply
 #: (a resent batch); older ones are looked up in the copy's files.
 RECENT: Final = 256
@@ -270,7 +274,8 @@ class Counts:
 
     stored: int = 0
     duplicates: int = 0
-    pending: int = 0
+    pending: int = 0  # lines that had to wait for an earlier one
+    waiting: int = 0  # lines waiting now
     conflicts: int = 0
     torn: int = 0  # spool records torn by a crash of rsyslog (written again after it)
     backlog: int | None = None  # spool bytes not yet applied (following a spool only)
@@ -298,6 +303,12 @@ class Counts:
             ),
             "# TYPE shieldaudit_collect_conflicts_total counter",
             f"shieldaudit_collect_conflicts_total {self.conflicts}",
+            (
+                "# HELP shieldaudit_collect_waiting_entries Shipped lines waiting for an "
+                "earlier line of their trail"
+            ),
+            "# TYPE shieldaudit_collect_waiting_entries gauge",
+            f"shieldaudit_collect_waiting_entries {self.waiting}",
             "# HELP shieldaudit_collect_refused_total Messages refused as malformed or hostile",
             "# TYPE shieldaudit_collect_refused_total counter",
         ]
@@ -341,6 +352,7 @@ class _Stream:
     next_number: int = 1
     recent: dict[int, str] = field(default_factory=dict)
     pending: dict[int, Shipped] = field(default_factory=dict)
+    pending_bytes: int = 0
     forks: set[str] = field(default_factory=set)
     buffer: list[bytes] = field(default_factory=list)
     dirty: bool = False
@@ -378,6 +390,9 @@ class Collector:
         self._streams: OrderedDict[tuple[str, str], _Stream] = OrderedDict()
         self._dirty_fds: set[int] = set()
         self._conflict_fds: dict[str, int] = {}
+        self._pending_bytes = 0  # waiting lines held in memory, over the open streams
+        # Lines waiting per stream, open or not (the gauge counts them all).
+        self._waiting: dict[tuple[str, str], int] = {}
 
     def _take_lock(self) -> int:
         fd = layout.open_regular(
@@ -394,6 +409,7 @@ class Collector:
         """Forget what is open after a failure; the next line reloads from disk."""
         for stream in self._streams.values():
             stream.buffer.clear()
+            self._forget(stream)
             for fd in (stream.active_fd, stream.dir_fd):
                 if fd >= 0:
                     os.close(fd)
@@ -473,11 +489,16 @@ class Collector:
                     stream, item, stream.pending[item.seq].mac, "two entries for one seq"
                 )
                 return "conflict"
-            if len(stream.pending) >= MAX_PENDING:
+            size = len(item.line)
+            if (
+                len(stream.pending) >= MAX_PENDING
+                or stream.pending_bytes + size > MAX_PENDING_BYTES
+                or self._pending_bytes + size > MAX_PENDING_TOTAL
+            ):
                 self.counts.refused["backlog"] += 1
                 return "refused"
-            stream.pending[item.seq] = item
             self._write_pending(stream, item)
+            self._wait(stream, item)
             self.counts.pending += 1
             return "pending"
         if item.prev != stream.head_mac:
@@ -508,17 +529,41 @@ class Collector:
         if not stream.pending:
             return
         while stream.head_seq + 1 in stream.pending:
-            item = stream.pending.pop(stream.head_seq + 1)
-            self.counts.pending -= 1
-            self._apply(stream, item)
+            self._apply(stream, self._unwait(stream, stream.head_seq + 1))
         # Waiting lines that continue a fork are conflicts too.
         for seq in sorted(stream.pending):
-            item = stream.pending[seq]
-            if item.prev in stream.forks:
-                del stream.pending[seq]
-                self.counts.pending -= 1
+            if stream.pending[seq].prev in stream.forks:
+                item = self._unwait(stream, seq)
                 self._conflict(stream, item, None, "continues a conflicting history")
         self._rewrite_pending(stream)
+
+    def _wait(self, stream: _Stream, item: Shipped) -> None:
+        stream.pending[item.seq] = item
+        stream.pending_bytes += len(item.line)
+        self._pending_bytes += len(item.line)
+        self._count_waiting(stream)
+        self.counts.waiting += 1
+
+    def _unwait(self, stream: _Stream, seq: int) -> Shipped:
+        item = stream.pending.pop(seq)
+        stream.pending_bytes -= len(item.line)
+        self._pending_bytes -= len(item.line)
+        self._count_waiting(stream)
+        self.counts.waiting -= 1
+        return item
+
+    def _count_waiting(self, stream: _Stream) -> None:
+        key = (stream.node, stream.stream)
+        if stream.pending:
+            self._waiting[key] = len(stream.pending)
+        else:
+            self._waiting.pop(key, None)
+
+    def _forget(self, stream: _Stream) -> None:
+        """Drop a stream's waiting lines from memory (they stay in its pending file)."""
+        self._pending_bytes -= stream.pending_bytes
+        stream.pending.clear()
+        stream.pending_bytes = 0
 
     # -- files ------------------------------------------------------------------
 
@@ -586,9 +631,14 @@ class Collector:
             if head is not None:
                 stream.head_seq, stream.head_mac = head
         for item in self._read_pending(stream):
-            if item.seq > stream.head_seq:
+            if item.seq > stream.head_seq and item.seq not in stream.pending:
                 stream.pending[item.seq] = item
-        self.counts.pending += len(stream.pending)
+                stream.pending_bytes += len(item.line)
+        self._pending_bytes += stream.pending_bytes
+        self.counts.waiting += len(stream.pending) - self._waiting.get(
+            (stream.node, stream.stream), 0
+        )
+        self._count_waiting(stream)
 
     def _open_active(self, stream: _Stream) -> None:
         name = stream.active_name
@@ -630,6 +680,7 @@ class Collector:
     def _evict(self, key: tuple[str, str]) -> None:
         stream = self._streams.pop(key)
         self._flush_stream(stream)
+        self._forget(stream)
         if self.fsync:
             for fd in (stream.dir_fd,):
                 if fd in self._dirty_fds:
@@ -673,6 +724,27 @@ class Collector:
             for fd in self._dirty_fds:
                 os.fsync(fd)
         self._dirty_fds.clear()
+
+    def write_for_sync(self) -> Callable[[], None]:
+        """Write everything applied so far to its files; return the call that makes it durable.
+
+        The call only runs ``syncfs`` on the central directory's filesystem,
+        which covers every file and directory written before it starts, so it
+        may run in another thread while this one applies the next lines (the
+        caller waits for it before closing the collector). Without ``syncfs``
+        (or without fsync) the files are made durable here, as :meth:`flush`
+        does, and the call does nothing.
+        """
+        if not self.fsync or _syncfs is None:
+            self.flush()
+            return _nothing
+        for stream in self._streams.values():
+            if stream.dirty:
+                self._write_out(stream)
+                stream.dirty = False
+        self._dirty_fds.clear()
+        syncfs, root_fd = _syncfs, self._root_fd
+        return lambda: syncfs(root_fd)
 
     # -- conflicts and waiting lines ---------------------------------------------
 
@@ -805,10 +877,11 @@ class Collector:
                 for raw in iter_lines(fd):
                     if not raw.complete or raw.oversized:
                         continue
+                    # As a node names the file (only the last components count).
                     path = (
-                        f"{SEALS_DIR}/{SEALS_FILE}"
+                        f"/{SEALS_DIR}/{SEALS_FILE}"
                         if stream.stream == SEALS_STREAM
-                        else f"{layout.CONTAINERS_DIR}/{stream.stream}/"
+                        else f"/{layout.CONTAINERS_DIR}/{stream.stream}/"
                     )
                     try:
                         record = json.loads(raw.data)
@@ -934,6 +1007,10 @@ def _load_syncfs() -> Callable[[int], None] | None:
 
 
 _syncfs = _load_syncfs()
+
+
+def _nothing() -> None:
+    """Do nothing (what is already durable needs no further call)."""
 
 
 def _write_all(fd: int, data: bytes, shown: Path) -> None:

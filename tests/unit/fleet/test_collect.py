@@ -14,9 +14,11 @@ import threading
 
 import pytest
 
+from shieldaudit.fleet import collect as collect_module
 from shieldaudit.fleet.collect import (
     MAX_LINE_BYTES,
     SEALS_STREAM,
+    Collector,
     Counts,
     RefusedError,
     message,
@@ -206,5 +208,93 @@ def test_every_metric_is_exported_at_zero():
         "shieldaudit_collect_conflicts_total 0",
         'shieldaudit_collect_refused_total{reason="file"} 0',
         'shieldaudit_collect_refused_total{reason="backlog"} 0',
+        "shieldaudit_collect_waiting_entries 0",
     ):
         assert series in text.splitlines()
+
+
+def chained(count: int, pad: int = 0) -> list[str]:
+    """``count`` linked trail lines of CID (seq 1..count), each padded by ``pad`` bytes."""
+    lines, prev = [], PREV
+    for seq in range(1, count + 1):
+        mac = f"{seq:064x}"
+        body = {"seq": seq, "container_id": CID, "prev": prev, "chain": "sha256", "mac": mac}
+        if pad:
+            body["detail"] = "x" * pad
+        lines.append(json.dumps(body, separators=(",", ":")))
+        prev = mac
+    return lines
+
+
+def test_lines_waiting_are_bounded_in_bytes_and_counted(tmp_path, monkeypatch):
+    """Lines ahead of a gap wait up to the byte limit; past it they are refused as backlog.
+
+    The gauge says how many wait now, the counter how many ever had to; once
+    the gap is filled the waiting lines are stored in order and the gauge is 0.
+    """
+    monkeypatch.setattr(collect_module, "MAX_PENDING_BYTES", 6 * 1024)
+    lines = chained(12, pad=900)  # about 1.2 KB each: five fit in 6 KiB
+    path = f"/r/containers/{CID}/audit.jsonl"
+    collector = Collector(tmp_path / "central", fsync=False)
+    try:
+        outcomes = [
+            collector.apply(parse_message(message("node-a", path, 1, line))) for line in lines[1:]
+        ]
+        assert outcomes == ["pending"] * 5 + ["refused"] * 6
+        assert (collector.counts.waiting, collector.counts.pending) == (5, 5)
+        assert collector.counts.refused["backlog"] == 6
+        assert "shieldaudit_collect_waiting_entries 5" in collector.counts.render()
+        assert collector.apply(parse_message(message("node-a", path, 0, lines[0]))) == "stored"
+        collector.flush()
+        assert collector.counts.waiting == 0
+        assert collector.counts.stored == 6
+    finally:
+        collector.close()
+    trail = tmp_path / "central" / "node-a" / "containers" / CID / "audit.jsonl"
+    assert trail.read_text().splitlines() == lines[:6]
+
+
+def test_waiting_lines_survive_a_restart_and_are_counted_once(tmp_path):
+    """Waiting lines are on disk: a new collector reloads them, the gauge counts each once.
+
+    (They were written but never read back before: the stored path did not
+    pass the file check, and the lines were dropped.)
+    """
+    lines = chained(4)
+    path = f"/r/containers/{CID}/audit.jsonl"
+    first = Collector(tmp_path / "central", fsync=False)
+    for line in lines[2:]:
+        assert first.apply(parse_message(message("node-a", path, 1, line))) == "pending"
+    first.close()
+    second = Collector(tmp_path / "central", fsync=False)
+    try:
+        assert second.apply(parse_message(message("node-a", path, 0, lines[0]))) == "stored"
+        assert second.counts.waiting == 2
+        assert second.apply(parse_message(message("node-a", path, 1, lines[1]))) == "stored"
+        assert (second.counts.waiting, second.counts.stored) == (0, 4)
+    finally:
+        second.close()
+    trail = tmp_path / "central" / "node-a" / "containers" / CID / "audit.jsonl"
+    assert trail.read_text().splitlines() == lines
+
+
+def test_waiting_seal_records_survive_a_restart(tmp_path):
+    """A node's seal records that arrive ahead of an earlier one are reloaded the same way."""
+    seals, prev = [], PREV
+    for number in range(1, 4):
+        mac = f"{number:064x}"
+        seals.append(json.dumps({"seal": number, "prev": prev, "chain": "sha256", "mac": mac}))
+        prev = mac
+    path = "/r/seals/seals.jsonl"
+    first = Collector(tmp_path / "central", fsync=False)
+    assert first.apply(parse_message(message("node-a", path, 9, seals[2]))) == "pending"
+    first.close()
+    second = Collector(tmp_path / "central", fsync=False)
+    try:
+        for line in seals[:2]:
+            assert second.apply(parse_message(message("node-a", path, 9, line))) == "stored"
+        assert (second.counts.waiting, second.counts.stored) == (0, 3)
+    finally:
+        second.close()
+    copy = tmp_path / "central" / "node-a" / "seals" / "seals.jsonl"
+    assert copy.read_text().splitlines() == seals
