@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -171,7 +172,7 @@ def lockstep(central: Path, messages: list[bytes]) -> float:
 def alone(base: Path, messages: list[bytes]) -> None:
     """Part 1."""
     (base / "spool-empty").mkdir()
-    (base / "spool-empty" / "spool").write_bytes(b"")
+    (base / "spool-empty" / "spool.202612021700").write_bytes(b"")
     startup = min(
         run_once(base / "central-empty", base / "spool-empty" / "spool")[0] for _ in range(3)
     )
@@ -179,7 +180,12 @@ def alone(base: Path, messages: list[bytes]) -> None:
     for count in (len(messages) // 4, len(messages)):
         spool_dir = base / f"spool-{count}"
         spool_dir.mkdir()
-        (spool_dir / "spool").write_bytes(b"".join(b"\x1e" + m for m in messages[:count]))
+        # The files rsyslog writes: one per minute, spool.<UTC minute>.
+        per_file = max(1, count // 4)
+        for i in range(0, count, per_file):
+            (spool_dir / f"spool.2026120217{i // per_file:02d}").write_bytes(
+                b"".join(b"\x1e" + m for m in messages[i : min(i + per_file, count)])
+            )
         os.sync()  # the node trails' and the spool's dirty pages are not collect's to write
         seconds, cpu, rss = run_once(base / f"central-{count}", spool_dir / "spool")
         print(
@@ -193,13 +199,18 @@ def alone(base: Path, messages: list[bytes]) -> None:
     print(f"omprog lockstep, {count} entries: {seconds:.2f}s = {count / seconds:,.0f} entries/s")
 
 
+def spool_files(spool: Path) -> list[Path]:
+    """The spool files rsyslog writes, ``<spool>.<12 digits>`` (one per UTC minute)."""
+    pattern = re.compile(re.escape(spool.name) + r"\.[0-9]{12}")
+    return sorted(p for p in spool.parent.iterdir() if pattern.fullmatch(p.name))
+
+
 def spool_records(spool: Path) -> int:
-    """Count the records in the spool and its rotated files."""
+    """Count the records in the spool files."""
     total = 0
-    for path in spool.parent.iterdir():
-        if path.name == spool.name or path.name.startswith(spool.name + ".0"):
-            with path.open("rb") as f:
-                total += sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    for path in spool_files(spool):
+        with path.open("rb") as f:
+            total += sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
     return total
 
 
@@ -346,18 +357,22 @@ def poll(
     done: threading.Event,
 ) -> None:
     """Record when each seq first appears in the central trail and in the spool."""
-    offsets = {trail: 0, spool: 0}
-    partial = {trail: b"", spool: b""}
+    offsets: dict[Path, int] = {}
+    partial: dict[Path, bytes] = {}
     while not done.is_set():
-        for path, seen in ((trail, in_trail), (spool, in_spool)):
-            with path.open("rb") as f:
-                f.seek(offsets[path])
-                data = f.read()
+        for path in [trail, *spool_files(spool)]:
+            seen = in_trail if path is trail else in_spool
+            try:
+                with path.open("rb") as f:
+                    f.seek(offsets.get(path, 0))
+                    data = f.read()
+            except FileNotFoundError:
+                continue  # a spool file collect removed
             if not data:
                 continue
             now = time.monotonic()
-            offsets[path] += len(data)
-            data = partial[path] + data
+            offsets[path] = offsets.get(path, 0) + len(data)
+            data = partial.get(path, b"") + data
             *lines, partial[path] = data.split(b"\n")
             for line in lines:
                 text = line if path is trail else line[line.index(b"} {") + 2 :]

@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy" / "rsyslog"
 RSYSLOGD = "/usr/sbin/rsyslogd"
-ROTATE = DEPLOY / "shieldaudit-spool-rotate"
+#: The shipped spool file name: one file per UTC minute.
+PER_MINUTE = "%$year-utc%%$month-utc%%$day-utc%%$hour-utc%%$minute-utc%"
+#: For tests only: one file per second, still 12 digits in the order written.
+PER_SECOND = "00%$now-unixtimestamp%"
 
 
 def node_config(root: Path, work: Path, host: str, port: int) -> str:
@@ -40,17 +43,18 @@ def node_config(root: Path, work: Path, host: str, port: int) -> str:
     return text + "\n" + _nothing_else()
 
 
-def collector_config(spool: Path, work: Path, port: int, *, size_limit: str = "64m") -> str:
-    """Return the shipped collector configuration, its spool at ``spool``.
+def collector_config(spool: Path, work: Path, port: int, *, per_second: bool = False) -> str:
+    """Return the shipped collector configuration, its spool files at ``spool.<12 digits>``.
 
-    ``size_limit`` is where rsyslog hands the spool to the rotation script
-    (``deploy/rsyslog/shieldaudit-spool-rotate``, run from the repository).
+    As shipped, rsyslog starts a new spool file every UTC minute; with
+    ``per_second`` (tests only, to see many files in seconds) every second,
+    named ``00`` and the Unix time, which sorts the same way.
     """
     text = (DEPLOY / "collector.conf").read_text(encoding="utf-8")
     text = _sub(text, 'workDirectory="/var/spool/rsyslog"', f'workDirectory="{work}"')
     text = _sub(text, "/var/spool/shieldaudit-collect/spool", str(spool))
-    text = _sub(text, "/usr/local/libexec/shieldaudit-spool-rotate", str(ROTATE))
-    text = _sub(text, 'rotation.sizeLimit="64m"', f'rotation.sizeLimit="{size_limit}"')
+    if per_second:
+        text = _sub(text, PER_MINUTE, PER_SECOND)
     text = _sub(
         text,
         'input(type="imrelp" port="2514"',

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     "--spool",
     metavar="FILE",
     default=None,
-    help="Follow the spool file the collector's rsyslog writes (and its rotated files).",
+    help="Follow the spool files the collector's rsyslog writes (FILE.<UTC minute>).",
 )
 @click.option(
     "--once",
@@ -51,10 +51,11 @@ if TYPE_CHECKING:
 def collect_command(central: str, spool: str | None, once: bool, metrics_file: str | None) -> None:
     """Rebuild shipped trails and seals under CENTRAL/<node>/, as the node has them.
 
-    With --spool, follows the spool the collector's rsyslog writes
-    (deploy/rsyslog/collector.conf) in batches: each batch is made durable,
-    then checkpointed (SPOOL.checkpoint), and rotated spool files read past
-    are removed. Without it, reads one message per line on stdin, as rsyslog's
+    With --spool, follows the spool files the collector's rsyslog writes
+    (SPOOL.YYYYMMDDhhmm, deploy/rsyslog/collector.conf) in batches: each batch
+    is made durable, then checkpointed (SPOOL.checkpoint), and files read to
+    their end that rsyslog no longer writes are removed. SPOOL.lock keeps a
+    second collect off the same spool. Without it, reads one message per line on stdin, as rsyslog's
     omprog sends them, and answers each once it is durable. A line already
     held is dropped; one that contradicts the held history is kept under
     CENTRAL/<node>/conflicts/ and reported by verify.
@@ -79,10 +80,10 @@ def collect_command(central: str, spool: str | None, once: bool, metrics_file: s
     def log(message: str) -> None:
         click.echo(f"shieldaudit collect: {message}", err=True)
 
-    collector = Collector(target)
     if spool_path is not None:
-        _follow(collector, spool_path, metrics, once=once, log=log)
+        _follow(target, spool_path, metrics, once=once, log=log)
         return
+    collector = Collector(target)
     replies: list[bytes] = []
     protocol = Protocol(collector, replies.append, metrics_file=metrics, log=log)
     out = sys.stdout.fileno()
@@ -101,7 +102,7 @@ def collect_command(central: str, spool: str | None, once: bool, metrics_file: s
 
 
 def _follow(
-    collector: Collector,
+    central: Path,
     path: Path,
     metrics_path: Path | None,
     *,
@@ -115,12 +116,13 @@ def _follow(
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
-    metrics = Metrics(collector.counts, metrics_path, log)
+    spool = Spool(path, log=log)  # its lock first: a second collect on it stops here
     try:
-        spool = Spool(path, log=log)
+        collector = Collector(central)
     except BaseException:
-        collector.close()
+        spool.close()
         raise
+    metrics = Metrics(collector.counts, metrics_path, log)
     try:
         follow(collector, spool, metrics, once=once, stop=lambda: bool(stopping), log=log)
     finally:

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shieldaudit.core import ids
 from shieldaudit.core.errors import StorageError
-from shieldaudit.store import chain, layout, tailscan
+from shieldaudit.store import chain, instance, layout, tailscan
 from shieldaudit.store.reader import iter_lines
 from shieldaudit.store.seals import SEALS_DIR, SEALS_FILE
 
@@ -279,7 +279,7 @@ class Counts:
     conflicts: int = 0
     torn: int = 0  # spool records torn by a crash of rsyslog (written again after it)
     backlog: int | None = None  # spool bytes not yet applied (following a spool only)
-    spool_size: int = 0  # the size of the spool file rsyslog writes to
+    spool_files: int = 0  # spool files present (following a spool only)
     refused: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(("envelope", "node", "file", "entry", "backlog"), 0)
     )
@@ -328,11 +328,11 @@ class Counts:
                 "# TYPE shieldaudit_collect_spool_backlog_bytes gauge",
                 f"shieldaudit_collect_spool_backlog_bytes {self.backlog}",
                 (
-                    "# HELP shieldaudit_collect_spool_file_bytes Size of the spool file rsyslog "
-                    "writes to (past its rotation limit: the rotation failed)"
+                    "# HELP shieldaudit_collect_spool_files Spool files present (one per minute "
+                    "written; removed once applied and closed)"
                 ),
-                "# TYPE shieldaudit_collect_spool_file_bytes gauge",
-                f"shieldaudit_collect_spool_file_bytes {self.spool_size}",
+                "# TYPE shieldaudit_collect_spool_files gauge",
+                f"shieldaudit_collect_spool_files {self.spool_files}",
             ]
         return "\n".join(lines) + "\n"
 
@@ -399,7 +399,14 @@ class Collector:
             self._root_fd, FLEET_MARKER, os.O_RDWR | os.O_CREAT, self.central / FLEET_MARKER
         )
         try:
-            layout.flock_bounded(fd, "fleet", timeout=30.0)
+            instance.take(
+                fd,
+                f"another shieldaudit collect is writing {self.central}",
+                self.central / FLEET_MARKER,
+                "stop it first",
+                instance.InstanceBusyError,
+                write_pid=False,
+            )
         except BaseException:
             os.close(fd)
             raise

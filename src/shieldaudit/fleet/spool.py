@@ -1,9 +1,9 @@
-r"""Following the spool that the collector's rsyslog writes, in batches, with a durable checkpoint.
+r"""Following the spool files that the collector's rsyslog writes, in batches, with a checkpoint.
 
 The collector's rsyslog (``deploy/rsyslog/collector.conf``) appends every
-message to one spool file with ``omfile`` and syncs it at the end of each of
-its batches; only then does it drop the batch from its disk queue. A record
-is::
+message to a spool file named after the UTC minute it was written in,
+``<spool>.YYYYMMDDhhmm`` (omfile ``dynaFile``), and keeps only that file open;
+at the next minute it closes it and starts the next one. A record is::
 
     \x1e<node> {"file":"<path on the node>","offset":<byte offset>} <the line>\n
 
@@ -11,36 +11,49 @@ The leading record separator (``\x1e``) cannot occur inside a record: rsyslog
 escapes control characters in what it receives. It marks where a record
 starts, so a record torn by a ``kill -9`` of rsyslog mid-write (rsyslog then
 writes the unfinished batch again after it) is recognised and dropped: the
-part of a line before its last separator is such a fragment.
+part of a line before its last separator is such a fragment. Records never
+span files.
 
-When the spool reaches ``rotation.sizeLimit``, rsyslog closes it and runs
-``shieldaudit-spool-rotate``, which renames it ``<spool>.NNNNNNNNNN`` (one more
-than the highest number present); the next message creates a new spool. A
-numbered file is therefore complete and never written again. ``collect``
-reads the numbered files (lowest number first), then the spool, as one stream
-of records: a record may start in one file and end in the next.
+``collect`` reads every ``<spool>.<12 digits>`` file (other names are
+ignored), each on its own from where it left it, oldest name first. What it
+has made durable is recorded in ``<spool>.checkpoint``: for each file, its
+name, inode and the offset just after the last record applied (always a
+record boundary). The checkpoint is replaced atomically (a temporary file,
+synced, renamed, the directory synced) and only after the records before it
+are durable in the central copy. After a crash, collect starts again from the
+checkpoint: what it had applied since is read again and dropped as
+redelivered.
 
-What ``collect`` has made durable is recorded in ``<spool>.checkpoint``: the
-inode of the file and the offset just after the last record it applied
-(always a record boundary). The checkpoint is written, and synced, only after
-the records before it are durable in the central copy; a numbered file is
-removed only once the checkpoint has moved past it. After a crash, collect
-starts again from the checkpoint: what it had applied since is read again
-and dropped as redelivered.
+A file is removed only once all of these hold: the checkpoint says it was
+read to its end; a file with a later name exists; no process has it open for
+writing (a read lease, ``F_SETLEASE``, is refused while one does; without
+leases the file must instead be unmodified for :data:`NO_LEASE_GRACE`); and
+it was last modified more than :data:`GRACE` ago (a writer that had resolved
+the name just before its minute ended). A partial record at the end of such a
+file is a torn record (rsyslog was killed mid-write and writes the record
+again into a later file): it is counted and dropped.
+
+``<spool>.lock`` is held (``flock``) for collect's lifetime: a second collect
+on the same spool refuses to start and names the first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import re
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from shieldaudit.core.errors import StorageError
 from shieldaudit.fleet.collect import MAX_LINE_BYTES, RefusedError, parse_message
+from shieldaudit.store import instance
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -50,313 +63,404 @@ if TYPE_CHECKING:
 
 SEPARATOR: Final = b"\x1e"
 CHECKPOINT_SUFFIX: Final = ".checkpoint"
-#: The checkpoint is rewritten in place at this fixed size (one sector: never torn).
-CHECKPOINT_BYTES: Final = 128
+LOCK_SUFFIX: Final = ".lock"
 #: A record longer than this (a line of at most MAX_LINE_BYTES plus its header) is dropped.
 MAX_RECORD_BYTES: Final = MAX_LINE_BYTES + 64 * 1024
-_NUMBERED: Final = re.compile(r"\.([0-9]{1,18})")
+#: How much is read from a file at a time (more than a record: an over-long one is seen).
+CHUNK_BYTES: Final = MAX_RECORD_BYTES + 1
+#: A finished file is removed only once unmodified for this long (seconds).
+GRACE: Final = 5.0
+#: Without file leases, a file must be unmodified this long instead (rsyslog closes
+#: a spool file within three minutes of its last write: closeTimeout plus the janitor).
+NO_LEASE_GRACE: Final = 600.0
+_TIMED: Final = re.compile(r"\.[0-9]{12}")
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
-    """A place in the spool: a file (by inode) and a byte offset in it."""
+class SpoolBusyError(instance.InstanceBusyError):
+    """Another collect already follows this spool."""
+
+
+@dataclass(slots=True)
+class _File:
+    """Where collect stands in one spool file."""
 
     inode: int
-    offset: int
+    committed: int = 0  # as the checkpoint says (a record boundary)
+    boundary: int = 0  # just after the last complete record read
+    position: int = 0  # where the next read starts (past boundary inside an over-long record)
+    skipping: bool = False  # inside an over-long record
+    finished: int = -1  # the size at which it was seen no longer written (its end)
 
 
 @dataclass(slots=True)
 class Batch:
-    """Records read in one go, and where the spool stands after the last of them."""
+    """Records read in one go."""
 
-    records: list[bytes]
-    torn: int  # fragments of torn records dropped
-    oversized: int  # over-long records dropped
-    end: Position | None
+    records: list[bytes] = field(default_factory=list)
+    torn: int = 0  # fragments of torn records dropped
+    oversized: int = 0  # over-long records dropped
 
 
 class Spool:
-    """The spool files of one collector's rsyslog, read in order from a durable checkpoint."""
+    """The spool files of one collector's rsyslog, each read from a durable checkpoint."""
 
     def __init__(
         self, path: Path, *, fsync: bool = True, log: Callable[[str], None] | None = None
     ) -> None:
-        """Open the spool's directory (it must exist) and the checkpoint (created if missing)."""
+        """Open the spool's directory (it must exist), take its lock, load the checkpoint.
+
+        Raises:
+            SpoolBusyError: another collect holds ``<spool>.lock``.
+            StorageError: the directory or the lock cannot be opened.
+        """
         self.path = path
         self.name = path.name
         self.fsync = fsync
         self.log = log
+        self._leases = True
+        self._first_run = False
         try:
             self.dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise StorageError(f"cannot open {path.parent}: {exc.strerror or exc}") from None
-        checkpoint = self.name + CHECKPOINT_SUFFIX
         try:
-            self._checkpoint_fd = os.open(
-                checkpoint,
-                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=self.dir_fd,
-            )
-        except OSError as exc:
+            self._lock_fd = self._take_lock()
+        except BaseException:
             os.close(self.dir_fd)
-            raise StorageError(
-                f"cannot open {path.parent / checkpoint}: {exc.strerror or exc}"
-            ) from None
-        self.committed: Position | None = self._load_checkpoint()
-        self._fd = -1
-        self._inode = -1
-        self._offset = 0  # where the next read from _fd starts
-        self._partial = b""  # bytes read after the last complete record
-        self._boundary: Position | None = self.committed  # just after the last complete record
-        self._skipping = False  # inside an over-long record
-        self._renamed = False  # the open file was seen renamed away by rsyslog
+            raise
+        # A writer opening a file while collect holds its lease makes the kernel
+        # signal SIGIO (by default fatal); the lease is released at once anyway.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGIO, signal.SIG_IGN)
+        self._files: dict[str, _File] = {}
+        self._dirty = False
+        self._load_checkpoint()
+
+    def _take_lock(self) -> int:
+        name = self.name + LOCK_SUFFIX
+        shown = self.path.parent / name
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            try:
+                fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=self.dir_fd)
+                self._first_run = True  # no collect followed this spool before
+            except FileExistsError:
+                fd = os.open(name, flags, dir_fd=self.dir_fd)
+        except OSError as exc:
+            raise StorageError(f"cannot open {shown}: {exc.strerror or exc}") from None
+        try:
+            instance.take(
+                fd,
+                f"another shieldaudit collect is following {self.path}",
+                shown,
+                "stop it first",
+                SpoolBusyError,
+            )
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     # -- the checkpoint ---------------------------------------------------------
 
-    def _load_checkpoint(self) -> Position | None:
-        data = os.pread(self._checkpoint_fd, CHECKPOINT_BYTES, 0).rstrip(b" \n\0")
-        if not data:
-            return None
+    def _load_checkpoint(self) -> None:
+        name = self.name + CHECKPOINT_SUFFIX
         try:
-            value = json.loads(data)
-            position = Position(int(value["inode"]), int(value["offset"]))
-        except (ValueError, KeyError, TypeError):
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            if not self._first_run and self.files():
+                self._say(
+                    f"{self.path}{CHECKPOINT_SUFFIX} is missing: reading every spool file from "
+                    "its start (lines already held are dropped)"
+                )
+            return
+        except OSError as exc:
+            raise StorageError(
+                f"cannot open {self.path}{CHECKPOINT_SUFFIX}: {exc.strerror}"
+            ) from None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                data = f.read(16 * 1024 * 1024)
+            entries = json.loads(data)["files"]
+            loaded = {
+                str(e["name"]): _File(int(e["inode"]), int(e["offset"]))
+                for e in entries
+                if _TIMED.fullmatch(str(e["name"]), len(self.name))
+                and str(e["name"]).startswith(self.name)
+                and int(e["offset"]) >= 0
+            }
+        except (OSError, ValueError, KeyError, TypeError):
             self._say(
-                f"{self.path}{CHECKPOINT_SUFFIX} is unreadable: reading the spool from its "
-                "oldest file (lines already held are dropped)"
+                f"{self.path}{CHECKPOINT_SUFFIX} is unreadable: reading every spool file from "
+                "its start (lines already held are dropped)"
             )
-            return None
-        return position
+            return
+        for state in loaded.values():
+            state.boundary = state.position = state.committed
+        self._files = loaded
 
     def commit(self) -> None:
-        """Record (durably) that everything read so far is applied; remove files read past."""
-        end = self._boundary
-        if end is None or end == self.committed:
+        """Record (durably, atomically) that everything read so far is applied."""
+        changed = self._dirty
+        for state in self._files.values():
+            if state.committed != state.boundary:
+                state.committed = state.boundary
+                changed = True
+        if not changed:
             return
-        text = json.dumps({"inode": end.inode, "offset": end.offset}).encode()
-        record = text.ljust(CHECKPOINT_BYTES - 1) + b"\n"
+        entries = [
+            {"name": name, "inode": state.inode, "offset": state.committed}
+            for name, state in sorted(self._files.items())
+        ]
+        data = json.dumps({"files": entries}, separators=(",", ":")).encode() + b"\n"
+        final = self.name + CHECKPOINT_SUFFIX
+        temp = final + ".tmp"
         try:
-            os.pwrite(self._checkpoint_fd, record, 0)
+            fd = os.open(
+                temp,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=self.dir_fd,
+            )
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temp, final, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
             if self.fsync:
-                os.fdatasync(self._checkpoint_fd)
+                os.fsync(self.dir_fd)
         except OSError as exc:
             raise StorageError(
                 f"cannot write {self.path}{CHECKPOINT_SUFFIX}: {exc.strerror or exc}"
             ) from None
-        self.committed = end
-        self._remove_before(end.inode)
-
-    def _remove_before(self, inode: int) -> None:
-        """Remove the numbered files that come before ``inode``'s (read and checkpointed)."""
-        files = self.files()
-        inodes = [ino for _, ino in files]
-        if inode not in inodes:
-            return
-        removed = False
-        for name, ino in files[: inodes.index(inode)]:
-            if name == self.name:
-                break  # the spool itself is rsyslog's: never removed
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name, dir_fd=self.dir_fd)
-                removed = True
-            if ino == self._inode:
-                os.close(self._fd)
-                self._fd, self._inode = -1, -1
-        if removed and self.fsync:
-            os.fsync(self.dir_fd)
+        self._dirty = False
 
     def rewind(self) -> None:
         """Forget what was read after the checkpoint (after a failure); read it again."""
-        self._close()
-        self._partial = b""
-        self._skipping = False
-        self._boundary = self.committed
+        for state in self._files.values():
+            state.boundary = state.position = state.committed
+            state.skipping = False
+            state.finished = -1
 
     def close(self) -> None:
-        """Close the files (the checkpoint stays as last committed)."""
-        self._close()
-        for fd in (self._checkpoint_fd, self.dir_fd):
+        """Close the directory and release the lock (the checkpoint stays as last committed)."""
+        for fd in (self._lock_fd, self.dir_fd):
             if fd >= 0:
                 os.close(fd)
-        self._checkpoint_fd = self.dir_fd = -1
-
-    def _close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd, self._inode, self._offset = -1, -1, 0
-        self._renamed = False
+        self._lock_fd = self.dir_fd = -1
 
     # -- the files ---------------------------------------------------------------
 
-    def files(self) -> list[tuple[str, int]]:
-        """Return ``(name, inode)`` of the spool's files in the order they were written."""
-        numbered: list[tuple[int, str, int]] = []
-        active: list[tuple[str, int]] = []
+    def files(self) -> list[tuple[str, os.stat_result]]:
+        """Return ``(name, stat)`` of the spool's files, oldest name first."""
+        found: list[tuple[str, os.stat_result]] = []
         prefix = self.name
         with os.scandir(self.dir_fd) as entries:
             for entry in entries:
                 name = entry.name
-                if not name.startswith(prefix):
+                if not name.startswith(prefix) or not _TIMED.fullmatch(name, len(prefix)):
                     continue
-                if name == prefix:
+                with contextlib.suppress(FileNotFoundError):
                     if entry.is_file(follow_symlinks=False):
-                        active.append((name, entry.inode()))
-                    continue
-                match = _NUMBERED.fullmatch(name, len(prefix))
-                if match is not None and entry.is_file(follow_symlinks=False):
-                    numbered.append((int(match.group(1)), name, entry.inode()))
-        numbered.sort()
-        return [(name, ino) for _, name, ino in numbered] + active
+                        found.append((name, entry.stat(follow_symlinks=False)))
+        found.sort(key=lambda item: item[0])
+        return found
 
-    def _open(self, name: str, inode: int) -> bool:
+    def _state(self, name: str, st: os.stat_result) -> _File:
+        state = self._files.get(name)
+        if state is None or state.inode != st.st_ino:
+            # New, or the name was removed and created again: a new file.
+            state = self._files[name] = _File(st.st_ino)
+            self._dirty = True
+        elif state.committed > st.st_size:
+            self._say(
+                f"the checkpoint is past the end of {self.path.parent / name} "
+                f"({state.committed} > {st.st_size}): reading it from its start "
+                "(lines already held are dropped)"
+            )
+            state = self._files[name] = _File(st.st_ino)
+            self._dirty = True
+        return state
+
+    # -- reading -------------------------------------------------------------------
+
+    def read(self, limit: int = 4 * 1024 * 1024) -> Batch:
+        """Return complete records not read yet, about ``limit`` bytes of them.
+
+        Files read to their end, checkpointed and no longer written are removed
+        on the way.
+        """
+        batch = Batch()
+        files = self.files()
+        present = {name for name, _ in files}
+        for name in [n for n in self._files if n not in present]:
+            del self._files[name]  # removed (by collect, or by hand)
+            self._dirty = True
+        budget = limit
+        removed = False
+        now = time.time()
+        for index, (name, st) in enumerate(files):
+            state = self._state(name, st)
+            if budget > 0 and state.position < st.st_size:
+                budget -= self._read_file(name, state, budget, batch)
+            if index == len(files) - 1:
+                break  # the newest: rsyslog's current file
+            if state.position < st.st_size and budget <= 0:
+                continue  # not read to its end yet
+            if self._finish(name, st, state, now, batch) and self._remove(name, state):
+                removed = True
+        if removed and self.fsync:
+            os.fsync(self.dir_fd)
+        return batch
+
+    def _finish(
+        self, name: str, st: os.stat_result, state: _File, now: float, batch: Batch
+    ) -> bool:
+        """Whether a file read as far as it goes is finished and checkpointed (removable).
+
+        A file is finished when no process writes it any more: what follows its
+        last record then is a torn record, counted and dropped.
+        """
+        if state.finished != st.st_size:
+            if not self._unwritten(name, st, now):
+                return False
+            state.finished = st.st_size
+            if state.boundary < st.st_size:
+                batch.torn += 1
+                state.boundary = state.position = st.st_size
+                state.skipping = False
+        return state.committed == st.st_size
+
+    def _unwritten(self, name: str, st: os.stat_result, now: float) -> bool:
+        """Whether nothing writes a file any more: no writer, and unmodified a while."""
+        age = now - st.st_mtime
+        if age < GRACE:
+            return False
+        if not self._leases:
+            return age >= NO_LEASE_GRACE
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
         except FileNotFoundError:
             return False
         except OSError as exc:
             raise StorageError(f"cannot open {self.path.parent / name}: {exc.strerror}") from None
-        if os.fstat(fd).st_ino != inode:  # replaced since it was listed: list again
+        try:
+            if os.fstat(fd).st_ino != st.st_ino:
+                return False
+            writer = self._has_writer(fd, name)
+            if writer is None:
+                return age >= NO_LEASE_GRACE
+            # Unchanged since it was listed: everything in it has been read.
+            return not writer and os.fstat(fd).st_size == st.st_size
+        finally:
             os.close(fd)
-            return False
-        self._close()
-        self._fd, self._inode, self._offset = fd, inode, 0
-        self._renamed = False
-        return True
 
-    def _start(self) -> bool:
-        """Open the file to read first: the checkpoint's, else the oldest one."""
-        files = self.files()
-        if not files:
-            return False
-        start = self._boundary
-        if start is not None:
-            for name, ino in files:
-                if ino == start.inode:
-                    if not self._open(name, ino):
-                        return False
-                    size = os.fstat(self._fd).st_size
-                    if start.offset <= size:
-                        self._offset = start.offset
-                        return True
-                    self._say(
-                        f"the checkpoint is past the end of {name} ({start.offset} > {size}): "
-                        "reading the spool from its oldest file (lines already held are dropped)"
-                    )
-                    break
-            else:
+    def _has_writer(self, fd: int, name: str) -> bool | None:
+        """Whether a process has the file open for writing (None: unknown, no leases)."""
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN:
+                return True
+            if exc.errno in (errno.EACCES, errno.EINVAL, errno.ENOLCK, errno.EPERM):
+                self._leases = False
                 self._say(
-                    "the file of the checkpoint is gone: reading the spool from its oldest file "
-                    "(lines already held are dropped)"
+                    f"cannot take a file lease on {self.path.parent / name} "
+                    f"({exc.strerror}): a spool file is removed only once unmodified for "
+                    f"{NO_LEASE_GRACE:g} s (give collect's user the spool files: omfile fileOwner)"
                 )
-            self._boundary = None
-        name, ino = files[0]
-        if not self._open(name, ino):
+                return None
+            raise StorageError(
+                f"cannot take a file lease on {self.path.parent / name}: {exc.strerror}"
+            ) from None
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+
+    def _remove(self, name: str, state: _File) -> bool:
+        try:
+            st = os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
             return False
-        self._boundary = Position(ino, 0)
+        if st.st_ino != state.inode or st.st_size != state.committed:
+            return False  # written again (a late writer): read on
+        try:
+            os.unlink(name, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"cannot remove {self.path.parent / name}: {exc.strerror}") from None
+        del self._files[name]
+        self._dirty = True
         return True
 
-    # -- reading -------------------------------------------------------------------
-
-    def read(self, limit: int = 4 * 1024 * 1024) -> Batch:
-        """Return the complete records that follow what was read, about ``limit`` bytes of them."""
-        batch = Batch([], 0, 0, None)
-        if self._fd < 0 and not self._start():
-            return batch
-        budget = limit
-        while budget > 0:
-            data = os.pread(self._fd, min(budget, 1024 * 1024), self._offset)
-            if data:
-                start = self._offset
-                self._offset += len(data)
-                budget -= len(data)
-                self._take(data, start, batch)
-                continue
-            if self._renamed:
-                # Renamed away before this read returned nothing: it is complete.
-                if not self._open_next():
-                    break
-                continue
-            if not self._has_successor():
-                break
-            # rsyslog closed it before renaming it: one more read gets all it wrote.
-            self._renamed = True
-        batch.end = self._boundary
-        return batch
-
-    def _has_successor(self) -> bool:
-        files = self.files()
-        inodes = [ino for _, ino in files]
-        if self._inode not in inodes:
-            return False  # removed under us: the checkpoint says where to go on
-        index = inodes.index(self._inode)
-        return files[index][0] != self.name and index + 1 < len(files)
-
-    def _open_next(self) -> bool:
-        files = self.files()
-        inodes = [ino for _, ino in files]
-        if self._inode not in inodes:
-            return False
-        index = inodes.index(self._inode)
-        if index + 1 >= len(files):
-            return False
-        return self._open(*files[index + 1])
-
-    def _take(self, data: bytes, start: int, batch: Batch) -> None:
-        """Split ``data`` (read at ``start`` of the open file) into records."""
-        buf = self._partial + data
-        cut = buf.rfind(b"\n")
-        if cut < 0:
-            if self._skipping:
-                self._partial = b""
-                return
-            self._partial = buf
-            if len(buf) > MAX_RECORD_BYTES:
-                self._partial = b""
-                self._skipping = True
-            return
-        self._partial = buf[cut + 1 :]
-        lines = buf[:cut].split(b"\n")
-        if self._skipping:
-            self._skipping = False
-            batch.oversized += 1
-            del lines[0]  # the end of the over-long record
-        for line in lines:
-            first = line.rfind(SEPARATOR)
-            if first > 0:
-                batch.torn += 1  # a fragment, then the record written again
-            if first < 0:
-                batch.records.append(line)  # refused as malformed by the caller
-            else:
-                batch.records.append(line[first + 1 :])
-        # The boundary is in the open file: just after the last newline.
-        self._boundary = Position(self._inode, start + len(data) - len(self._partial))
-        if len(self._partial) > MAX_RECORD_BYTES:
-            self._partial = b""
-            self._skipping = True
+    def _read_file(self, name: str, state: _File, budget: int, batch: Batch) -> int:
+        """Read records from one file into ``batch``; return how many bytes were consumed."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise StorageError(f"cannot open {self.path.parent / name}: {exc.strerror}") from None
+        used = 0
+        try:
+            if os.fstat(fd).st_ino != state.inode:
+                return 0  # replaced since it was listed: the next read sees it
+            while used < budget:
+                data = os.pread(fd, CHUNK_BYTES, state.position)
+                taken = _take(data, state, batch)
+                if taken == 0:
+                    break  # at the end, or the start of a record not yet complete
+                used += taken
+                if len(data) < CHUNK_BYTES and taken == len(data):
+                    break  # read to the end
+        finally:
+            os.close(fd)
+        return used
 
     def backlog(self) -> tuple[int, int]:
-        """Return the bytes after the checkpoint and the spool file's size (for the metrics)."""
+        """Return the bytes past the checkpoint over all files, and how many files there are."""
         total = 0
-        active = 0
-        seen = self.committed is None
-        for name, ino in self.files():
-            try:
-                size = os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False).st_size
-            except FileNotFoundError:
-                continue
-            if name == self.name:
-                active = size
-            if not seen and self.committed is not None and ino == self.committed.inode:
-                seen = True
-                total += max(0, size - self.committed.offset)
-            elif seen:
-                total += size
-        return total, active
+        files = self.files()
+        for name, st in files:
+            state = self._files.get(name)
+            committed = state.committed if state is not None and state.inode == st.st_ino else 0
+            total += max(0, st.st_size - committed)
+        return total, len(files)
 
     def _say(self, message: str) -> None:
         if self.log is not None:
             self.log(message)
+
+
+def _take(data: bytes, state: _File, batch: Batch) -> int:
+    """Split ``data`` (read at ``state.position``) into records; return the bytes consumed."""
+    cut = data.rfind(b"\n")
+    if cut < 0:
+        if data and (state.skipping or len(data) >= CHUNK_BYTES):
+            state.skipping = True  # over-long: dropped up to its end
+            state.position += len(data)
+            return len(data)
+        return 0
+    state.position += cut + 1
+    lines = data[:cut].split(b"\n")
+    if state.skipping:
+        state.skipping = False
+        batch.oversized += 1
+        del lines[0]  # the end of the over-long record
+    for line in lines:
+        first = line.rfind(SEPARATOR)
+        if first > 0:
+            batch.torn += 1  # a fragment, then the record written again
+        if first < 0:
+            batch.records.append(line)  # refused as malformed by the caller
+        else:
+            batch.records.append(line[first + 1 :])
+    state.boundary = state.position
+    return cut + 1
 
 
 #: Sleep between looks at an idle spool: short right after activity, longer when quiet.
@@ -403,7 +507,7 @@ def follow(
             continue
         now = time.monotonic()
         if now - backlog_at >= 1.0:
-            counts.backlog, counts.spool_size = spool.backlog()
+            counts.backlog, counts.spool_files = spool.backlog()
             backlog_at = now
         if read:
             metrics.write()
@@ -412,12 +516,12 @@ def follow(
             continue
         # The spool is read to its end: the metrics say so (at most ten times a second).
         if not caught_up:
-            counts.backlog, counts.spool_size = spool.backlog()
+            counts.backlog, counts.spool_files = spool.backlog()
             caught_up = metrics.write(force=True, within=0.1)
         if once:
             break
         time.sleep(POLL_BUSY if now < busy_until else POLL_IDLE)
-    counts.backlog, counts.spool_size = spool.backlog()
+    counts.backlog, counts.spool_files = spool.backlog()
     metrics.write(force=True)
 
 

@@ -6,7 +6,9 @@ the same events or counting the same entries twice. The kernel drops the lock
 when the holder exits, however it exits (``kill -9`` included): there is no
 stale lock to clean up. The holder's PID is written into the file and, when
 another process is refused, read from the kernel's lock table
-(``/proc/locks``), so the message names the process in the way.
+(``/proc/locks``), so the message names the process in the way. :func:`take`
+does the same on any lock file (``shieldaudit collect`` locks its spool and
+its central directory with it).
 """
 
 from __future__ import annotations
@@ -85,19 +87,45 @@ def hold(root: Path, role: str, hint: str, error: type[InstanceBusyError]) -> in
     finally:
         os.close(state_fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pid = holder_pid(fd) or _written_pid(fd)
-        os.close(fd)
-        who = f"pid {pid}; " if pid is not None else ""
-        raise error(
-            f"another shieldaudit {role} is running on {root} ({who}{shown} is locked): {hint}",
-        ) from None
+        take(fd, f"another shieldaudit {role} is running on {root}", shown, hint, error)
     except BaseException:
         os.close(fd)
         raise
-    # For a person looking at the file; the message prefers the kernel's answer.
-    with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def take(
+    fd: int,
+    busy: str,
+    shown: Path,
+    hint: str,
+    error: type[InstanceBusyError],
+    *,
+    write_pid: bool = True,
+) -> None:
+    """Take an exclusive ``flock`` on the file open as ``fd`` for this process, without waiting.
+
+    The caller keeps (and eventually closes) ``fd``, also when this raises.
+
+    Args:
+        fd: the lock file, open for reading and writing.
+        busy: the start of the message when it is held ("another … is running on …").
+        shown: the lock file's path, for the message.
+        hint: what to do about it, the end of the message.
+        error: the exception to raise when the lock is held.
+        write_pid: write this process's PID into the file (for a person looking at it).
+
+    Raises:
+        InstanceBusyError: (``error``) another process holds the lock.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = holder_pid(fd) or _written_pid(fd)
+        who = f"pid {pid}; " if pid is not None else ""
+        raise error(f"{busy} ({who}{shown} is locked): {hint}") from None
+    if write_pid:
+        # For a person looking at the file; the message prefers the kernel's answer.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

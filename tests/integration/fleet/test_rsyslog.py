@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -96,6 +97,13 @@ def lines_of(root: Path) -> dict[str, list[bytes]]:
     return out
 
 
+def spool_files(spool: Path) -> list[str]:
+    """The spool files present (``spool.<12 digits>``)."""
+    return sorted(
+        p.name for p in spool.parent.iterdir() if re.fullmatch(r"spool\.[0-9]{12}", p.name)
+    )
+
+
 def segment_names(cdir: Path) -> list[str]:
     names = sorted(n for n in os.listdir(cdir) if n.startswith("audit-"))
     return [*names, "audit.jsonl"] if (cdir / "audit.jsonl").exists() else names
@@ -138,7 +146,7 @@ class Fleet:
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    """A collector and three nodes, everything on 127.0.0.1; the spool rotates every ~16 KiB."""
+    """A collector and three nodes, everything on 127.0.0.1; a new spool file every second."""
     port = free_port()
     central = tmp_path / "central"
     spool_dir = tmp_path / "spool"
@@ -147,7 +155,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     collector = Rsyslogd(
         "collector",
         tmp_path / "collector",
-        collector_config(spool, tmp_path / "collector" / "work", port, size_limit="16k"),
+        collector_config(spool, tmp_path / "collector" / "work", port, per_second=True),
     )
     collect = CollectProcess(SHIELDAUDIT, central, spool, tmp_path / "collect.prom")
     nodes = [Node(tmp_path, name, port) for name in ("node-a", "node-b", "node-c")]
@@ -166,8 +174,8 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 def test_shipped_configs_validate(tmp_path):
     """Rsyslogd -N1 accepts both shipped files as they are and as the tests fill them in.
 
-    A missing or failing rotation script makes rsyslog drop what it receives
-    (docs/operations.md): the one collector.conf names is pinned here.
+    The collector needs no script or command of its own: its spool files are
+    named by rsyslog (dynaFile), with no size limit.
     """
     for name in ("node.conf", "collector.conf"):
         text = (
@@ -175,14 +183,18 @@ def test_shipped_configs_validate(tmp_path):
         )
         result = validate(text, tmp_path / name)
         assert result.returncode == 0, result.stderr
-    # The rotation script collector.conf names is shipped beside it, executable, valid sh.
-    rotate = DEPLOY / "shieldaudit-spool-rotate"
-    assert "/usr/local/libexec/shieldaudit-spool-rotate" in (DEPLOY / "collector.conf").read_text()
-    assert os.access(rotate, os.X_OK)
-    assert subprocess.run(["sh", "-n", str(rotate)], check=False, timeout=60).returncode == 0
+    shipped = (DEPLOY / "collector.conf").read_text()
+    assert "sizeLimit" not in shipped
+    assert "dynaFile=" in shipped
+    assert sorted(p.name for p in DEPLOY.iterdir()) == [
+        "collector.conf",
+        "node.conf",
+        "shieldaudit-collect.service",
+    ]
     filled = [
         node_config(tmp_path / "r", tmp_path, "node-a", 2514),
         collector_config(tmp_path / "spool", tmp_path, 2514),
+        collector_config(tmp_path / "spool", tmp_path, 2514, per_second=True),
     ]
     for i, text in enumerate(filled):
         result = validate(text, tmp_path / f"filled{i}")
@@ -260,11 +272,10 @@ def test_three_nodes_every_entry_once_through_kills_and_restarts(fleet):
     assert listing.stdout.count("== node-") == 3
     metrics = (collector.base.parent / "collect.prom").read_text()
     assert "shieldaudit_collect_conflicts_total 0" in metrics
-    # The spool rotated (every 16 KiB), and collect removed the rotated files it read past.
-    shipped = sum(len(line) for n in nodes for v in lines_of(n.root).values() for line in v)
-    left = [p for p in fleet.spool.parent.iterdir() if p.name.startswith("spool.0")]
-    assert len(left) <= 1, left
-    assert sum(p.stat().st_size for p in [fleet.spool, *left]) < shipped / 2
+    # rsyslog wrote many spool files (one a second); collect removes each it has
+    # applied once a later one exists and rsyslog has closed it.
+    assert "shieldaudit_collect_spool_torn_total" in metrics
+    wait_for(lambda: len(spool_files(fleet.spool)) == 1, DEADLINE, "the read files to be removed")
 
 
 def test_trail_rewritten_after_shipping_is_a_conflict(fleet):

@@ -1,31 +1,38 @@
-r"""``shieldaudit collect --spool``: the spool rsyslog writes, followed by a real collect process.
+r"""``shieldaudit collect --spool``: the spool files rsyslog writes, followed by a real collect.
 
-The spool is written here as the collector's rsyslog writes it (one record
-per message, ``\x1e`` first) and rotated with the shipped rotation script,
-so each failure mode can be set up exactly: files rotated (and a record split
-across two of them) while collect is down, a record torn by a crash of
-rsyslog and written again after it, collect killed with SIGKILL mid-stream,
-a checkpoint lost or unreadable. Each time every line arrives once and the
-copy is the node's, byte for byte.
+The spool files are written here as the collector's rsyslog writes them (one
+record per message, ``\x1e`` first, one file per minute named
+``spool.YYYYMMDDhhmm``), so each failure mode can be set up exactly: files
+written while collect is down, a file still held open by a writer, a record
+torn by a crash of rsyslog at the end of a file and written again in the
+next, collect killed with SIGKILL mid-stream, a checkpoint lost, unreadable
+or of another shape, two collects on one spool or one central directory,
+leases unavailable. Each time every line arrives once and the copy is the
+node's, byte for byte.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
+import time
 from typing import TYPE_CHECKING
 
 import pytest
 
 from cli_helpers import cid
 from fleet_helpers import SEPARATOR, SHIELDAUDIT, files_of, metric, node_trail, shipped
-from rsyslog_harness import ROTATE, CollectProcess, wait_for
+from rsyslog_harness import CollectProcess, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+#: Older than collect's grace (a few seconds) for a file no longer written.
+AN_HOUR_AGO = time.time() - 3600
 
 
 @pytest.fixture
@@ -46,153 +53,291 @@ def setup(tmp_path: Path) -> Iterator[tuple[Path, list[bytes], CollectProcess]]:
         collect.kill()
 
 
-def append(spool: Path, data: bytes) -> None:
-    """Append to the spool as omfile does."""
-    with spool.open("ab") as f:
+def minute(n: int) -> str:
+    """The name of the spool file of minute ``n`` of an hour."""
+    return f"spool.2026120217{n:02d}"
+
+
+def append(spool: Path, name: str, data: bytes, *, old: bool = True) -> Path:
+    """Append to one spool file as omfile does; ``old``: last written an hour ago."""
+    path = spool.with_name(name)
+    with path.open("ab") as f:
         f.write(data)
+    if old:
+        os.utime(path, (AN_HOUR_AGO, AN_HOUR_AGO))
+    return path
 
 
-def rotate(spool: Path) -> None:
-    """Run the shipped rotation script as rsyslog does at the size limit."""
-    subprocess.run([str(ROTATE), str(spool)], check=True, timeout=60)
+def spool_files(spool: Path) -> list[str]:
+    """The spool files still present."""
+    return sorted(
+        p.name for p in spool.parent.iterdir() if re.fullmatch(r"spool\.[0-9]{12}", p.name)
+    )
 
 
-def numbered(spool: Path) -> list[str]:
-    """The rotated spool files still present."""
-    return sorted(p.name for p in spool.parent.iterdir() if p.name.startswith("spool.0"))
+def checkpoint(spool: Path) -> dict[str, tuple[int, int]]:
+    """The checkpoint collect keeps next to the spool: name -> (inode, offset)."""
+    data = json.loads(spool.with_name("spool.checkpoint").read_bytes())
+    return {e["name"]: (e["inode"], e["offset"]) for e in data["files"]}
 
 
-def checkpoint(spool: Path) -> dict[str, int]:
-    """The checkpoint collect keeps next to the spool."""
-    return json.loads(spool.with_name("spool.checkpoint").read_bytes())
+def stored(collect: CollectProcess, outcome: str = "stored") -> int:
+    """One outcome of collect's last run, from its metrics file."""
+    assert collect.metrics is not None
+    return metric(
+        collect.metrics.read_text(), f'shieldaudit_collect_entries_total{{outcome="{outcome}"}}'
+    )
 
 
-def test_rotated_while_collect_was_down_applied_once_and_removed(setup):
-    """Files rotated while collect was down are read in order, once, then removed.
+def test_files_written_while_collect_was_down_applied_once_and_removed(setup):
+    """Spool files written while collect was down are applied once; all but the newest removed.
 
-    One record is split across two rotated files (rsyslog writes its buffer
-    in pieces); the rotation script numbers files 1, 2, 3, … A second run
-    finds nothing new.
+    Names that are not spool.<12 digits> (files of an older layout, copies,
+    collect's own) are left alone. A second run finds nothing new.
     """
     root, records, collect = setup
     spool = collect.spool
     chunks = [records[i : i + 15] for i in range(0, len(records), 15)]
     for i, chunk in enumerate(chunks):
-        data = b"".join(chunk)
-        if i == 1:  # split mid-record across a rotation
-            append(spool, data[:-40])
-            rotate(spool)
-            append(spool, data[-40:])
-        else:
-            append(spool, data)
-        if i < len(chunks) - 1:
-            rotate(spool)
-    assert numbered(spool) == [f"spool.{n:010d}" for n in range(1, len(chunks) + 1)]
+        append(spool, minute(i), b"".join(chunk))
+    strays = ["spool.0000000001", "spool.20261202", "spool.202612021700.bak", "spool"]
+    for name in strays:
+        spool.with_name(name).write_bytes(b"not a spool file\n")
     result = collect.once()
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
     assert files_of(collect.central / "node-a") == files_of(root)
-    assert numbered(spool) == []  # read past and checkpointed: removed
-    assert checkpoint(spool) == {
-        "inode": spool.stat().st_ino,
-        "offset": spool.stat().st_size,
-    }
+    newest = minute(len(chunks) - 1)
+    assert spool_files(spool) == [newest]  # the newest is rsyslog's until a later one exists
+    target = spool.with_name(newest).stat()
+    assert checkpoint(spool)[newest] == (target.st_ino, target.st_size)
+    for name in strays:
+        assert spool.with_name(name).read_bytes() == b"not a spool file\n"
     assert collect.metrics is not None
     text = collect.metrics.read_text()
-    assert metric(text, 'shieldaudit_collect_entries_total{outcome="stored"}') == len(records)
+    assert stored(collect) == len(records)
     assert metric(text, "shieldaudit_collect_spool_backlog_bytes") == 0
-    assert metric(text, "shieldaudit_collect_spool_file_bytes") == spool.stat().st_size
+    assert metric(text, "shieldaudit_collect_spool_files") == 1
     again = collect.once()
     assert again.returncode == 0, again.stderr
-    text = collect.metrics.read_text()
-    assert metric(text, 'shieldaudit_collect_entries_total{outcome="stored"}') == 0
-    assert metric(text, 'shieldaudit_collect_entries_total{outcome="duplicate"}') == 0
-    # Numbering goes on from the highest file present, so order holds after removals.
-    append(spool, b"")
-    rotate(spool)
-    assert numbered(spool) == ["spool.0000000001"]
+    assert again.stderr == ""
+    assert stored(collect) == 0
+    assert stored(collect, "duplicate") == 0
 
 
-def test_torn_record_written_again_after_a_crash_of_rsyslog(setup):
-    """A record cut short by a crash of rsyslog, then written whole again, is applied once.
+def test_a_file_held_open_by_a_writer_is_never_removed(setup):
+    """A file some process still has open for writing stays, however old; closed, it goes.
 
-    Until more arrives, the unfinished record is not read past; afterwards
-    the fragment is dropped and counted.
+    It goes only once a later file exists and it is unmodified for a few
+    seconds: a file written just now stays until then.
     """
     root, records, collect = setup
     spool = collect.spool
-    append(spool, b"".join(records[:10]) + records[10][:57])
+    held = append(spool, minute(0), b"".join(records[:20]))
+    append(spool, minute(1), b"".join(records[20:40]))
+    writer = os.open(held, os.O_WRONLY | os.O_APPEND)
+    try:
+        for _ in range(2):
+            result = collect.once()
+            assert result.returncode == 0, result.stderr
+            assert spool_files(spool) == [minute(0), minute(1)]
+        # The writer writes on: collect reads it, the file stays.
+        os.write(writer, b"".join(records[40:50]))
+        os.utime(held, (AN_HOUR_AGO, AN_HOUR_AGO))
+        assert collect.once().returncode == 0
+        assert spool_files(spool) == [minute(0), minute(1)]
+        assert stored(collect) == 10
+    finally:
+        os.close(writer)
+    # Closed, but written a moment ago: it stays for a few seconds more.
+    append(spool, minute(1), b"".join(records[50:]), old=False)
+    os.utime(held)
+    assert collect.once().returncode == 0
+    assert spool_files(spool) == [minute(0), minute(1)]
+    os.utime(held, (AN_HOUR_AGO, AN_HOUR_AGO))
+    result = collect.once()
+    assert result.returncode == 0, result.stderr
+    assert spool_files(spool) == [minute(1)]
+    assert files_of(collect.central / "node-a") == files_of(root)
+
+
+def test_torn_record_at_the_end_of_a_file_written_again_in_the_next(setup):
+    """A record cut short at the end of a file, then written whole into the next, is applied once.
+
+    Until the file is finished (a later file, no writer), the unfinished
+    record is not read past; then it is counted as torn and dropped.
+    """
+    root, records, collect = setup
+    spool = collect.spool
+    append(spool, minute(0), b"".join(records[:10]) + records[10][:57])
     first = collect.once()
     assert first.returncode == 0, first.stderr
-    size_before = spool.stat().st_size
-    assert checkpoint(spool)["offset"] == size_before - 57  # not past the unfinished record
-    # rsyslog again: the batch it had not finished is written again from its start.
-    append(spool, b"".join(records[8:]))
+    assert checkpoint(spool)[minute(0)][1] == len(b"".join(records[:10]))
+    # rsyslog again: the batch it had not finished is written again, into the next file.
+    append(spool, minute(1), b"".join(records[8:]))
     second = collect.once()
     assert second.returncode == 0, second.stderr
     assert files_of(collect.central / "node-a") == files_of(root)
     assert collect.metrics is not None
     text = collect.metrics.read_text()
     assert metric(text, "shieldaudit_collect_spool_torn_total") == 1
-    assert metric(text, 'shieldaudit_collect_entries_total{outcome="duplicate"}') == 2
+    assert stored(collect, "duplicate") == 2
     assert metric(text, "shieldaudit_collect_conflicts_total") == 0
+    assert spool_files(spool) == [minute(1)]
+    third = collect.once()  # nothing counted twice
+    assert third.returncode == 0, third.stderr
+    assert metric(collect.metrics.read_text(), "shieldaudit_collect_spool_torn_total") == 0
+
+
+def test_torn_record_within_a_file_written_again_after_a_crash_of_rsyslog(setup):
+    """A record cut short by a crash of rsyslog, then written whole in its file, is applied once."""
+    root, records, collect = setup
+    spool = collect.spool
+    append(spool, minute(0), b"".join(records[:10]) + records[10][:57])
+    first = collect.once()
+    assert first.returncode == 0, first.stderr
+    append(spool, minute(0), b"".join(records[8:]))
+    second = collect.once()
+    assert second.returncode == 0, second.stderr
+    assert files_of(collect.central / "node-a") == files_of(root)
+    assert collect.metrics is not None
+    text = collect.metrics.read_text()
+    assert metric(text, "shieldaudit_collect_spool_torn_total") == 1
+    assert stored(collect, "duplicate") == 2
     assert not (collect.central / "node-a" / "conflicts").exists()
 
 
-def test_kill_9_mid_stream_then_the_checkpoint(setup):
+def test_kill_9_mid_stream_with_several_files_then_the_checkpoint(setup):
     """Collect killed with SIGKILL while following goes on from its checkpoint: every line once.
 
-    The spool grows and rotates while collect is dead.
+    Several files are present when it is killed, more are written while it is dead.
     """
     root, records, collect = setup
     spool = collect.spool
     collect.start()
     half = len(records) // 2
-    for record in records[:half]:
-        append(spool, record)
+    for i, record in enumerate(records[:half]):
+        append(spool, minute(i // 10), record)
     trail = collect.central / "node-a" / "containers"
     wait_for(trail.is_dir, 60, "the first lines in the copy")
     collect.stop(signal.SIGKILL)
-    rotate(spool)
-    append(spool, b"".join(records[half:-1]))
-    rotate(spool)
+    for i, record in enumerate(records[half:-1]):
+        append(spool, minute(10 + i // 10), record)
     collect.start()
-    append(spool, records[-1])  # rsyslog's next message starts a new spool
+    append(spool, minute(59), records[-1])
     wait_for(lambda: files_of(collect.central / "node-a") == files_of(root), 60, "the whole copy")
-    wait_for(lambda: numbered(spool) == [], 60, "the rotated files to be removed")
+    wait_for(lambda: spool_files(spool) == [minute(59)], 60, "the read files to be removed")
     assert collect.stop() == 0  # SIGTERM: a clean stop
     assert not (collect.central / "node-a" / "conflicts").exists()
     assert "Traceback" not in collect.log()
+    assert collect.once().returncode == 0
+    assert stored(collect) == 0
+    assert stored(collect, "duplicate") == 0
 
 
-@pytest.mark.parametrize("damage", ["removed", "unreadable"])
-def test_lost_checkpoint_reads_from_the_oldest_file_and_drops_what_is_held(setup, damage):
-    """Without a usable checkpoint, collect reads the spool's files again: nothing is doubled.
+@pytest.mark.parametrize("damage", ["removed", "unreadable", "other shape"])
+def test_lost_checkpoint_reads_every_file_and_drops_what_is_held(setup, damage):
+    """Without a usable checkpoint, collect reads the spool files again: nothing is doubled.
 
-    The lines it held already (from the files still there) are dropped as redelivered.
+    It says so in one line; the lines it held already are dropped as redelivered.
     """
     root, records, collect = setup
     spool = collect.spool
-    append(spool, b"".join(records[:30]))
+    append(spool, minute(0), b"".join(records[:20]))
+    append(spool, minute(1), b"".join(records[20:30]))
     assert collect.once().returncode == 0
-    rotate(spool)
-    append(spool, b"".join(records[30:]))
+    assert spool_files(spool) == [minute(1)]
+    append(spool, minute(2), b"".join(records[30:]))
     point = spool.with_name("spool.checkpoint")
     if damage == "removed":
         point.unlink()
-    else:
+    elif damage == "unreadable":
         point.write_bytes(b"{not json" + b" " * 100)
+    else:
+        point.write_text('{"inode": 1, "offset": 0}')
     result = collect.once()
     assert result.returncode == 0, result.stderr
-    if damage == "unreadable":
-        assert "spool.checkpoint is unreadable" in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "reading every spool file from its start" in result.stderr
     assert files_of(collect.central / "node-a") == files_of(root)
+    assert stored(collect, "duplicate") == 10
+    assert stored(collect) == len(records) - 30
     assert collect.metrics is not None
-    text = collect.metrics.read_text()
-    assert metric(text, 'shieldaudit_collect_entries_total{outcome="duplicate"}') == 30
-    assert metric(text, 'shieldaudit_collect_entries_total{outcome="stored"}') == len(records) - 30
-    assert metric(text, "shieldaudit_collect_conflicts_total") == 0
-    assert numbered(spool) == []
+    assert metric(collect.metrics.read_text(), "shieldaudit_collect_conflicts_total") == 0
+    assert spool_files(spool) == [minute(2)]
+
+
+def test_two_collects_on_one_spool_the_second_exits_naming_the_first(setup):
+    """A second collect on a spool (another central directory too) exits 1 in one line.
+
+    The first keeps going, and nothing is applied twice.
+    """
+    root, records, collect = setup
+    spool = collect.spool
+    collect.start()
+    append(spool, minute(0), b"".join(records[:30]))
+    wait_for(
+        lambda: spool_files(spool) == [minute(0)] and (collect.central / "node-a").is_dir(),
+        60,
+        "the first lines",
+    )
+    assert collect.proc is not None
+    other = CollectProcess(SHIELDAUDIT, collect.central.with_name("other"), spool)
+    second = other.once()
+    assert second.returncode == 1
+    assert second.stderr.count("\n") == 1, second.stderr
+    assert second.stderr.startswith(f"Error: another shieldaudit collect is following {spool} ")
+    assert f"(pid {collect.proc.pid}; " in second.stderr
+    assert not collect.central.with_name("other").exists()
+    append(spool, minute(1), b"".join(records[30:]))
+    wait_for(lambda: files_of(collect.central / "node-a") == files_of(root), 60, "the whole copy")
+    assert collect.stop() == 0
+    assert collect.once().returncode == 0
+    assert stored(collect, "duplicate") == 0
+
+
+def test_two_collects_on_one_central_directory_the_second_exits_at_once(setup, tmp_path):
+    """A second collect on a central directory (from another spool) exits 1 in one line."""
+    _, records, collect = setup
+    collect.start()
+    append(collect.spool, minute(0), b"".join(records[:5]))
+    wait_for((collect.central / "node-a").is_dir, 60, "the first lines")
+    assert collect.proc is not None
+    (tmp_path / "spool2").mkdir()
+    other = CollectProcess(SHIELDAUDIT, collect.central, tmp_path / "spool2" / "spool")
+    second = other.once()
+    assert second.returncode == 1
+    assert second.stderr.count("\n") == 1, second.stderr
+    assert second.stderr.startswith(
+        f"Error: another shieldaudit collect is writing {collect.central} "
+    )
+    assert f"(pid {collect.proc.pid}; " in second.stderr
+    assert collect.stop() == 0
+
+
+def test_without_file_leases_a_file_is_removed_only_after_the_long_wait(setup):
+    """Without leases (not the files' owner, no CAP_LEASE), collect says so once and keeps them.
+
+    A file unmodified for less than the long wait stays; one older goes.
+    """
+    _, records, collect = setup
+    spool = collect.spool
+    recent = time.time() - 60
+    for i in range(3):
+        path = append(spool, minute(i), b"".join(records[i * 20 : (i + 1) * 20]))
+        os.chown(path, 12345, 12345)
+    os.utime(spool.with_name(minute(1)), (recent, recent))
+    result = subprocess.run(
+        ["setpriv", "--bounding-set", "-lease", *collect.args("--once")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "cannot take a file lease on" in result.stderr
+    assert spool_files(spool) == [minute(1), minute(2)]
+    assert stored(collect) == 60
 
 
 def test_malformed_and_oversized_records_are_refused_and_skipped(setup):
@@ -205,7 +350,8 @@ def test_malformed_and_oversized_records_are_refused_and_skipped(setup):
         SEPARATOR + b"../etc " + records[0][1:],
         SEPARATOR + b"node-a " + b"x" * (2 * 1024 * 1024) + b"\n",
     ]
-    append(spool, junk[0] + b"".join(records[:5]) + b"".join(junk[1:]) + b"".join(records[5:]))
+    data = junk[0] + b"".join(records[:5]) + b"".join(junk[1:]) + b"".join(records[5:])
+    append(spool, minute(0), data)
     result = collect.once()
     assert result.returncode == 0, result.stderr
     assert files_of(collect.central / "node-a") == files_of(root)
