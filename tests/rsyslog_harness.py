@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,6 +81,8 @@ class Rsyslogd:
     base: Path
     config: str
     proc: subprocess.Popen[bytes] | None = None
+    #: A command that runs rsyslogd (its arguments appended), e.g. in a mount namespace.
+    wrapper: list[str] = field(default_factory=list)
 
     @property
     def work(self) -> Path:
@@ -94,7 +96,7 @@ class Rsyslogd:
         conf.write_text(self.config, encoding="utf-8")
         log = (self.base / "rsyslogd.log").open("ab")
         self.proc = subprocess.Popen(
-            [RSYSLOGD, "-n", "-f", str(conf), "-i", str(self.base / "rsyslogd.pid")],
+            [*self.wrapper, RSYSLOGD, "-n", "-f", str(conf), "-i", str(self.base / "rsyslogd.pid")],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -139,10 +141,20 @@ class CollectProcess:
     spool: Path
     metrics: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+    #: A command that runs collect (its arguments appended), e.g. in rsyslogd's mount namespace.
+    wrapper: list[str] = field(default_factory=list)
 
     def args(self, *extra: str) -> list[str]:
         """Return the command line."""
-        args = [self.program, "collect", "--central", str(self.central), "--spool", str(self.spool)]
+        args = [
+            *self.wrapper,
+            self.program,
+            "collect",
+            "--central",
+            str(self.central),
+            "--spool",
+            str(self.spool),
+        ]
         if self.metrics is not None:
             args += ["--metrics-file", str(self.metrics)]
         return [*args, *extra]

@@ -12,18 +12,21 @@ trail truncated and rewritten on a node after shipping is a conflict that
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from fleet_helpers import metric
 from rsyslog_harness import (
     DEPLOY,
     CollectProcess,
@@ -321,3 +324,147 @@ def test_trail_rewritten_after_shipping_is_a_conflict(fleet):
     assert f"{cid[:12]} seq 5: histories part here" in reverse.stdout
     fleet_verify = cli("--root", central, "verify")
     assert fleet_verify.returncode == 1
+
+
+def test_shipped_config_writes_one_spool_file_per_utc_minute(tmp_path):
+    """The collector config as shipped (only paths, port, host name put in) names files by minute.
+
+    Lines shipped through it arrive once, from ``spool.YYYYMMDDhhmm`` files
+    named after the UTC minute rsyslog wrote them in.
+    """
+    port = free_port()
+    spool = tmp_path / "spool" / "spool"
+    spool.parent.mkdir(mode=0o700)
+    collector = Rsyslogd(
+        "collector",
+        tmp_path / "collector",
+        collector_config(spool, tmp_path / "collector" / "work", port),
+    )
+    collect = CollectProcess(SHIELDAUDIT, tmp_path / "central", spool, tmp_path / "collect.prom")
+    node = Node(tmp_path, "node-a", port)
+    cid = "ab" * 32
+    try:
+        collector.start()
+        collect.start()
+        node.rsyslog.start()
+        before = time.strftime("%Y%m%d%H%M", time.gmtime())
+        node.write([cid], 5)
+        copy = tmp_path / "central" / "node-a"
+        wait_for(lambda: len(lines_of(copy).get(cid, [])) == 5, DEADLINE, "5 entries centrally")
+        after = time.strftime("%Y%m%d%H%M", time.gmtime())
+        names = spool_files(spool)
+        assert names, "no spool file"
+        assert all(f"spool.{before}" <= name <= f"spool.{after}" for name in names), names
+        assert lines_of(copy) == lines_of(node.root)
+    finally:
+        collect.kill()
+        node.rsyslog.kill_group()
+        collector.kill_group()
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until its filesystem is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        while True:
+            try:
+                os.write(fd, b"\0" * 65536)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                return
+    finally:
+        os.close(fd)
+
+
+def test_spool_disk_full_loses_lines_rsyslog_acknowledged_and_a_resend_restores_them(tmp_path):
+    """Measured: with the spool's disk full, rsyslog drops lines it acknowledged; a resend mends it.
+
+    rsyslog 8.2302's omfile maps a failed write (ENOSPC) to neither a retry
+    nor a refusal: it logs "message lost" and imrelp acknowledges the line,
+    so the node lets go of it (docs/operations.md, "When a part stops"). The
+    collector's rsyslogd (and collect) run in a mount namespace of their own
+    with the spool directory on a 1 MiB tmpfs; a filler file takes all of it
+    while the node writes. The copy then has a gap, which collect shows as
+    waiting lines. Once space is freed, the node's rsyslog restarted without
+    its imfile positions sends every line again: each is in the copy once.
+    """
+    port = free_port()
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir(mode=0o700)
+    spool = spool_dir / "spool"
+    mount = 'mount -t tmpfs -o size=1m,mode=0700 shieldaudit-spool "$0" && exec "$@"'
+    collector = Rsyslogd(
+        "collector",
+        tmp_path / "collector",
+        collector_config(spool, tmp_path / "collector" / "work", port, per_second=True),
+        wrapper=[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            mount,
+            str(spool_dir),
+        ],
+    )
+    node = Node(tmp_path, "node-a", port)
+    central = tmp_path / "central"
+    prom = tmp_path / "collect.prom"
+    cid = "cd" * 32
+    collect: CollectProcess | None = None
+    try:
+        collector.start()
+        assert collector.proc is not None
+        inside = Path(f"/proc/{collector.proc.pid}/root") / spool_dir.relative_to("/")
+        wait_for(
+            lambda: os.statvfs(inside).f_blocks * os.statvfs(inside).f_frsize <= 1024 * 1024,
+            DEADLINE,
+            "the tmpfs in the collector's namespace",
+        )
+        collect = CollectProcess(
+            SHIELDAUDIT,
+            central,
+            spool,
+            prom,
+            wrapper=["nsenter", f"--mount=/proc/{collector.proc.pid}/ns/mnt", "--"],
+        )
+        collect.start()
+        node.rsyslog.start()
+        node.write([cid], 3)
+        copy = central / "node-a"
+        wait_for(lambda: len(lines_of(copy).get(cid, [])) == 3, DEADLINE, "3 entries centrally")
+
+        filler = inside / "filler"
+        fill(filler)
+        node.write([cid], 30)
+        wait_for(
+            lambda: collector.log().count("message lost, could not be processed") >= 5,
+            DEADLINE,
+            "rsyslog to drop lines on the full disk",
+        )
+        assert "No space left on device" in collector.log()
+        filler.unlink()
+        node.write([cid], 3)  # after the gap: collect holds them back, waiting for it
+        wait_for(
+            lambda: metric(prom.read_text(), "shieldaudit_collect_waiting_entries") > 0,
+            DEADLINE,
+            "collect to wait for the lost lines",
+        )
+        assert len(lines_of(copy)[cid]) < 36
+
+        # The remedy: the node sends its trails again from their start.
+        node.rsyslog.stop()
+        for state in node.rsyslog.work.glob("imfile-state*"):
+            state.unlink()
+        node.rsyslog.start()
+        wait_for(lambda: len(lines_of(copy).get(cid, [])) >= 36, DEADLINE, "all 36 entries")
+        assert lines_of(copy) == lines_of(node.root)  # every line once, in order
+        same_layout(node.root, copy)
+        assert not (copy / "conflicts").exists()
+    finally:
+        if collect is not None:
+            collect.kill()
+        node.rsyslog.kill_group()
+        collector.kill_group()
