@@ -173,6 +173,9 @@ class Spool:
                     f"{self.path}{CHECKPOINT_SUFFIX} is missing: reading every spool file from "
                     "its start (lines already held are dropped)"
                 )
+            # From now on a missing checkpoint means a lost one.
+            self._dirty = True
+            self.commit()
             return
         except OSError as exc:
             raise StorageError(

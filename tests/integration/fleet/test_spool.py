@@ -266,6 +266,16 @@ def test_lost_checkpoint_reads_every_file_and_drops_what_is_held(setup, damage):
     assert spool_files(spool) == [minute(2)]
 
 
+def test_runs_with_nothing_to_apply_say_nothing(setup):
+    """A spool with only an empty file, collected twice: no checkpoint is reported missing."""
+    _, _, collect = setup
+    append(collect.spool, minute(0), b"")
+    for _ in range(2):
+        result = collect.once()
+        assert (result.returncode, result.stderr) == (0, "")
+    assert checkpoint(collect.spool) == {}
+
+
 def test_two_collects_on_one_spool_the_second_exits_naming_the_first(setup):
     """A second collect on a spool (another central directory too) exits 1 in one line.
 
