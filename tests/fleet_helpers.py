@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -74,3 +76,18 @@ def metric(text: str, name: str) -> int:
         if line.startswith(name + " "):
             return int(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in the metrics")
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until its filesystem is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        while True:
+            try:
+                os.write(fd, b"\0" * 65536)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                return
+    finally:
+        os.close(fd)

@@ -48,8 +48,9 @@ import re
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Self
 
 from shieldaudit.core.errors import StorageError
 from shieldaudit.fleet.collect import MAX_LINE_BYTES, RefusedError, parse_message
@@ -202,12 +203,21 @@ class Spool:
             state.boundary = state.position = state.committed
         self._files = loaded
 
-    def commit(self) -> None:
-        """Record (durably, atomically) that everything read so far is applied."""
+    def mark(self) -> dict[str, int]:
+        """Return where every file stands now (its last complete record), for :meth:`commit`."""
+        return {name: state.boundary for name, state in self._files.items()}
+
+    def commit(self, mark: dict[str, int] | None = None) -> None:
+        """Record (durably, atomically) that what was read up to ``mark`` is applied.
+
+        Without ``mark``, everything read so far. A file that was removed
+        since the mark is left out.
+        """
         changed = self._dirty
-        for state in self._files.values():
-            if state.committed != state.boundary:
-                state.committed = state.boundary
+        for name, state in self._files.items():
+            end = state.boundary if mark is None else mark.get(name, state.committed)
+            if state.committed != end:
+                state.committed = end
                 changed = True
         if not changed:
             return
@@ -486,66 +496,135 @@ def follow(
 ) -> None:
     """Apply the spool's records batch by batch until ``stop()`` (or its end, with ``once``).
 
-    Each batch is applied, made durable (``Collector.flush``) and only then
-    checkpointed. A storage failure rewinds to the checkpoint and tries again
-    a second later: nothing is skipped.
+    Each batch is applied and written, made durable and only then
+    checkpointed (:class:`_Batches`). A storage failure rewinds to the
+    checkpoint and tries again a second later: nothing is skipped.
     """
     counts = collector.counts
     busy_until = 0.0
     backlog_at = 0.0
     caught_up = True
-    while not stop():
-        try:
-            read = _apply_batch(collector, spool, log)
-        except (StorageError, OSError) as exc:
-            message = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
-            collector.reset()
-            spool.rewind()
-            metrics.write(force=True)
+    with _Batches(collector, spool, log) as batches:
+        while not stop():
+            try:
+                read = batches.step()
+            except (StorageError, OSError) as exc:
+                message = (
+                    getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
+                )
+                batches.abandon()
+                metrics.write(force=True)
+                if once:
+                    raise StorageError(message) from None
+                if log is not None:
+                    log(f"cannot store: {message}; reading again from the checkpoint in 1 s")
+                time.sleep(RETRY_AFTER)
+                continue
+            now = time.monotonic()
+            if now - backlog_at >= 1.0:
+                counts.backlog, counts.spool_files = spool.backlog()
+                backlog_at = now
+            if read:
+                metrics.write()
+                busy_until = now + BUSY_FOR
+                caught_up = False
+                continue
+            # The spool is read to its end and all of it checkpointed: the metrics
+            # say so (at most ten times a second).
+            if not caught_up:
+                counts.backlog, counts.spool_files = spool.backlog()
+                caught_up = metrics.write(force=True, within=0.1)
             if once:
-                raise StorageError(message) from None
-            if log is not None:
-                log(f"cannot store: {message}; reading again from the checkpoint in 1 s")
-            time.sleep(RETRY_AFTER)
-            continue
-        now = time.monotonic()
-        if now - backlog_at >= 1.0:
-            counts.backlog, counts.spool_files = spool.backlog()
-            backlog_at = now
-        if read:
-            metrics.write()
-            busy_until = now + BUSY_FOR
-            caught_up = False
-            continue
-        # The spool is read to its end: the metrics say so (at most ten times a second).
-        if not caught_up:
-            counts.backlog, counts.spool_files = spool.backlog()
-            caught_up = metrics.write(force=True, within=0.1)
-        if once:
-            break
-        time.sleep(POLL_BUSY if now < busy_until else POLL_IDLE)
+                break
+            time.sleep(POLL_BUSY if now < busy_until else POLL_IDLE)
+        batches.settle()  # stopped: what was applied is made durable and checkpointed
     counts.backlog, counts.spool_files = spool.backlog()
     metrics.write(force=True)
 
 
-def _apply_batch(collector: Collector, spool: Spool, log: Callable[[str], None] | None) -> bool:
-    """Read, apply, sync and checkpoint one batch; return whether there was anything."""
+class _Batches:
+    """Batches applied one after the other, each made durable while the next is applied.
+
+    Making a batch durable (``Collector.write_for_sync``: a ``syncfs`` of the
+    central copy's filesystem) runs in a second thread while the next batch
+    is read, parsed and applied, so the disk and the parsing overlap; a
+    batch's checkpoint is written once its sync has returned, and the next
+    sync starts only after that.
+    """
+
+    def __init__(
+        self, collector: Collector, spool: Spool, log: Callable[[str], None] | None
+    ) -> None:
+        """Apply to ``collector`` what ``spool`` holds."""
+        self.collector = collector
+        self.spool = spool
+        self.log = log
+        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collect-sync")
+        self._syncing: tuple[Future[None], dict[str, int]] | None = None
+
+    def __enter__(self) -> Self:
+        """Use as a context: the sync thread ends with it."""
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        """Wait for the sync thread (without checkpointing: see :meth:`settle`)."""
+        with contextlib.suppress(StorageError, OSError):
+            self._wait()
+        self._syncer.shutdown(wait=True)
+
+    def step(self) -> bool:
+        """Apply the next batch and checkpoint the one before; return whether either happened.
+
+        (A checkpoint moved on lets the next read remove the files it passed.)
+        """
+        durable = _apply_batch(self.collector, self.spool, self.log)
+        settled = self.settle()
+        if durable is not None:
+            self._syncing = (self._syncer.submit(durable), self.spool.mark())
+        return durable is not None or settled
+
+    def settle(self) -> bool:
+        """Wait until the batch being synced is durable, then checkpoint it; return if one was."""
+        mark = self._wait()
+        if mark is None:
+            return False
+        self.spool.commit(mark)
+        return True
+
+    def abandon(self) -> None:
+        """After a failure: forget what is not checkpointed; it is read and applied again."""
+        with contextlib.suppress(StorageError, OSError):
+            self._wait()
+        self.collector.reset()
+        self.spool.rewind()
+
+    def _wait(self) -> dict[str, int] | None:
+        syncing, self._syncing = self._syncing, None
+        if syncing is None:
+            return None
+        syncing[0].result()
+        return syncing[1]
+
+
+def _apply_batch(
+    collector: Collector, spool: Spool, log: Callable[[str], None] | None
+) -> Callable[[], None] | None:
+    """Read, apply and write one batch; return what makes it durable (None: nothing read)."""
     batch = spool.read()
     if not (batch.records or batch.torn or batch.oversized):
-        return False
+        return None
     counts = collector.counts
     refused = counts.refused
+    parse, apply = parse_message, collector.apply
     for record in batch.records:
         try:
-            shipped = parse_message(record)
+            shipped = parse(record)
         except RefusedError as exc:
             refused[exc.reason] += 1
             if log is not None:
                 log(f"refused: {exc}")
             continue
-        collector.apply(shipped)
+        apply(shipped)
     counts.torn += batch.torn
     refused["entry"] += batch.oversized
-    collector.flush()
-    spool.commit()
-    return True
+    return collector.write_for_sync()

@@ -12,7 +12,6 @@ trail truncated and rewritten on a node after shipping is a conflict that
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from fleet_helpers import metric
+from fleet_helpers import fill, metric
 from rsyslog_harness import (
     DEPLOY,
     CollectProcess,
@@ -360,21 +359,6 @@ def test_shipped_config_writes_one_spool_file_per_utc_minute(tmp_path):
         collect.kill()
         node.rsyslog.kill_group()
         collector.kill_group()
-
-
-def fill(path: Path) -> None:
-    """Write ``path`` until its filesystem is full."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        while True:
-            try:
-                os.write(fd, b"\0" * 65536)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                return
-    finally:
-        os.close(fd)
 
 
 def test_spool_disk_full_loses_lines_rsyslog_acknowledged_and_a_resend_restores_them(tmp_path):

@@ -19,17 +19,17 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from cli_helpers import cid
-from fleet_helpers import SEPARATOR, SHIELDAUDIT, files_of, metric, node_trail, shipped
+from fleet_helpers import SEPARATOR, SHIELDAUDIT, files_of, fill, metric, node_trail, shipped
 from rsyslog_harness import CollectProcess, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 #: Older than collect's grace (a few seconds) for a file no longer written.
 AN_HOUR_AGO = time.time() - 3600
@@ -374,3 +374,51 @@ def test_malformed_and_oversized_records_are_refused_and_skipped(setup):
         if line.startswith("shieldaudit_collect_refused_total{")
     )
     assert refused == len(junk)
+
+
+def test_central_disk_full_keeps_the_checkpoint_and_loses_nothing(setup):
+    """The central copy's disk full: collect says so, keeps its checkpoint, retries; nothing lost.
+
+    collect runs in a mount namespace of its own with the central directory
+    on a 256 KiB tmpfs that a filler file takes whole. The spool file it
+    cannot apply stays, with the checkpoint short of its end; once space is
+    freed, every line is in the copy once (a line cut short by the full disk
+    is cut off when the trail is opened again), and the file is removed.
+    """
+    root, records, collect = setup
+    spool = collect.spool
+    central = collect.central
+    central.mkdir(mode=0o700)
+    mount = 'mount -t tmpfs -o size=256k,mode=0700 shieldaudit-central "$0" && exec "$@"'
+    collect.wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount]
+    collect.wrapper.append(str(central))
+    collect.start()
+    assert collect.proc is not None
+    inside = Path(f"/proc/{collect.proc.pid}/root") / central.relative_to("/")
+
+    def tmpfs_size() -> int:
+        stat = os.statvfs(inside)
+        return stat.f_blocks * stat.f_frsize
+
+    wait_for(lambda: tmpfs_size() <= 256 * 1024, 60, "the tmpfs in collect's namespace")
+    filler = inside / "filler"
+    fill(filler)
+    append(spool, minute(1), b"".join(records))
+    wait_for(lambda: "No space left on device" in collect.log(), 60, "collect to fail storing")
+    assert "cannot store: " in collect.log()
+    assert spool_files(spool) == [minute(1)]
+    done = (
+        checkpoint(spool).get(minute(1), (0, 0))[1]
+        if spool.with_name("spool.checkpoint").exists()
+        else 0
+    )
+    assert done < spool.with_name(minute(1)).stat().st_size
+    assert collect.proc.poll() is None  # still running, trying again every second
+
+    filler.unlink()
+    append(spool, minute(2), b"")  # a later file: the first one may then be removed
+    wait_for(lambda: files_of(inside / "node-a") == files_of(root), 60, "the whole copy")
+    wait_for(lambda: spool_files(spool) == [minute(2)], 60, "the applied file to be removed")
+    assert not (inside / "node-a" / "conflicts").exists()
+    assert collect.stop() == 0
+    assert "Traceback" not in collect.log()
