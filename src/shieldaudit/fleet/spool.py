@@ -16,8 +16,8 @@ span files.
 
 ``collect`` reads every ``<spool>.<12 digits>`` file (other names are
 ignored), each on its own from where it left it, oldest name first. What it
-has made durable is recorded in ``<spool>.checkpoint``: for each file, its
-name, inode and the offset just after the last record applied (always a
+has made durable is recorded in ``<spool>.checkpoint``: for each file it has
+begun, its name, inode and the offset just after the last record applied (always a
 record boundary). The checkpoint is replaced atomically (a temporary file,
 synced, renamed, the directory synced) and only after the records before it
 are durable in the central copy. After a crash, collect starts again from the
@@ -221,9 +221,12 @@ class Spool:
                 changed = True
         if not changed:
             return
+        # A file not named is read from its start: with a backlog of many
+        # files, the checkpoint names only the few begun.
         entries = [
             {"name": name, "inode": state.inode, "offset": state.committed}
             for name, state in sorted(self._files.items())
+            if state.committed > 0
         ]
         data = json.dumps({"files": entries}, separators=(",", ":")).encode() + b"\n"
         final = self.name + CHECKPOINT_SUFFIX
@@ -326,8 +329,12 @@ class Spool:
                 continue  # not read to its end yet
             if self._finish(name, st, state, now, batch) and self._remove(name, state):
                 removed = True
-        if removed and self.fsync:
-            os.fsync(self.dir_fd)
+        if removed:
+            if batch.records or batch.torn or batch.oversized:
+                if self.fsync:
+                    os.fsync(self.dir_fd)  # the checkpoint follows once the batch is durable
+            else:
+                self.commit()  # nothing new read: the checkpoint just forgets removed files
         return batch
 
     def _finish(

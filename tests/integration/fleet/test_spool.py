@@ -124,6 +124,25 @@ def test_files_written_while_collect_was_down_applied_once_and_removed(setup):
     assert stored(collect, "duplicate") == 0
 
 
+def test_a_backlog_of_many_files_is_applied_in_batches_and_removed(setup):
+    """A record per file, files over several hours: each applied once, all but the newest removed.
+
+    Batches are bounded by bytes, not by files; the checkpoint names only the
+    files begun, not the whole backlog.
+    """
+    root, records, collect = setup
+    spool = collect.spool
+    names = [f"spool.20261202{10 + i // 60:02d}{i % 60:02d}" for i in range(len(records))]
+    for name, record in zip(names, records, strict=True):
+        append(spool, name, record)
+    result = collect.once()
+    assert result.returncode == 0, result.stderr
+    assert files_of(collect.central / "node-a") == files_of(root)
+    assert spool_files(spool) == [names[-1]]
+    assert list(checkpoint(spool)) == [names[-1]]
+    assert stored(collect) == len(records)
+
+
 def test_a_file_held_open_by_a_writer_is_never_removed(setup):
     """A file some process still has open for writing stays, however old; closed, it goes.
 
