@@ -5,9 +5,10 @@ Usage: python bench/collect.py [--entries N] [--e2e N] [--rate R] [--runs K]
 1. collect alone: node trails are written (TrailWriter, 1 MiB segments, 100
    containers on each of 2 nodes), turned into the spool records the
    collector's rsyslog writes, and a real ``collect --spool --once`` applies
-   them, once with N/4 and once with N entries. Reported: entries/s (wall and
-   per CPU-second of collect) and collect's peak RSS for both sizes (bounded
-   memory: the two peaks are close). For comparison, omprog's lockstep
+   them, K runs with N/4 and K runs with N entries, each on a fresh copy.
+   Reported: the median entries/s (wall, and per CPU-second of collect) with
+   every run, and collect's peak RSS for both sizes (bounded memory: the two
+   peaks are close). For comparison, omprog's lockstep
    protocol (one line, one answer) is fed N/10 entries.
 2. Through rsyslog: the same trails, on two nodes each with its own rsyslogd
    (deploy/rsyslog/node.conf), are shipped over RELP to a collector rsyslogd
@@ -169,8 +170,8 @@ def lockstep(central: Path, messages: list[bytes]) -> float:
     return elapsed
 
 
-def alone(base: Path, messages: list[bytes]) -> None:
-    """Part 1."""
+def alone(base: Path, messages: list[bytes], runs: int) -> None:
+    """Part 1: ``runs`` runs of each size, each on a fresh copy; medians and every run."""
     (base / "spool-empty").mkdir()
     (base / "spool-empty" / "spool.202612021700").write_bytes(b"")
     startup = min(
@@ -178,18 +179,29 @@ def alone(base: Path, messages: list[bytes]) -> None:
     )
     print(f"collect --once on an empty spool (start and stop): {startup:.2f}s")
     for count in (len(messages) // 4, len(messages)):
-        spool_dir = base / f"spool-{count}"
-        spool_dir.mkdir()
         # The files rsyslog writes: one per minute, spool.<UTC minute>.
         per_file = max(1, count // 4)
-        for i in range(0, count, per_file):
-            (spool_dir / f"spool.2026120217{i // per_file:02d}").write_bytes(
-                b"".join(b"\x1e" + m for m in messages[i : min(i + per_file, count)])
+        files = {
+            f"spool.2026120217{i // per_file:02d}": b"".join(
+                b"\x1e" + m for m in messages[i : min(i + per_file, count)]
             )
-        os.sync()  # the node trails' and the spool's dirty pages are not collect's to write
-        seconds, cpu, rss = run_once(base / f"central-{count}", spool_dir / "spool")
+            for i in range(0, count, per_file)
+        }
+        results = []
+        for run in range(runs):
+            spool_dir = base / f"spool-{count}-{run}"
+            spool_dir.mkdir()
+            for name, data in files.items():
+                (spool_dir / name).write_bytes(data)
+            os.sync()  # the node trails' and the spool's dirty pages are not collect's to write
+            results.append(run_once(base / f"central-{count}-{run}", spool_dir / "spool"))
+        seconds = statistics.median(r[0] for r in results)
+        cpu = statistics.median(r[1] for r in results)
+        rss = max(r[2] for r in results)
+        each = ", ".join(f"{count / r[0]:,.0f}" for r in results)
         print(
-            f"collect alone, {count} entries: {seconds:.2f}s = {count / seconds:,.0f} entries/s, "
+            f"collect alone, {count} entries: median {seconds:.2f}s = "
+            f"{count / seconds:,.0f} entries/s (runs: {each}), "
             f"{count / (seconds - startup):,.0f}/s without start and stop "
             f"(CPU {cpu:.2f}s = {count / cpu:,.0f} entries per CPU-second), "
             f"peak RSS {rss / 1024:.1f} MiB"
@@ -400,7 +412,7 @@ def main() -> None:
         messages = messages_of(roots)
         print(f"prepared {len(messages)} entries in {time.perf_counter() - t0:.1f}s")
         if "alone" not in skip:
-            alone(base, messages)
+            alone(base, messages, args.runs)
         if "rsyslog" not in skip:
             for count in (len(messages) // 4, len(messages)):
                 part = roots if count == len(messages) else write_trails(base / f"n{count}", count)
