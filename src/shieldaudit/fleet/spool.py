@@ -334,7 +334,9 @@ class Spool:
                 if self.fsync:
                     os.fsync(self.dir_fd)  # the checkpoint follows once the batch is durable
             else:
-                self.commit()  # nothing new read: the checkpoint just forgets removed files
+                # Nothing new read: the checkpoint forgets the removed files and
+                # moves nothing on (a batch read before may still be syncing).
+                self.commit({})
         return batch
 
     def _finish(

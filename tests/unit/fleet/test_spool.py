@@ -4,6 +4,10 @@ The sync of a batch runs beside the next batch (``spool._Batches``); when it
 fails, what was applied since the checkpoint must be applied again, and the
 checkpoint must not have moved past it. Real files in a temporary directory;
 the failure is injected into the sync call only.
+
+Also pins that removing a finished file while the batch read before is
+still being made durable does not move that batch's checkpoint on: the
+checkpoint only forgets the removed file.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -113,3 +118,35 @@ def test_without_syncfs_the_batch_is_made_durable_before_it_is_checkpointed(
     spool = spool_with(tmp_path, [SEPARATOR + m for m in shipped(root)], per_file=10)
     run_once(tmp_path / "central", spool)
     assert files_of(tmp_path / "central" / "node-a") == files_of(root)
+
+
+RECORD = b'\x1enode-a {"file":"/x","offset":0} {}\n'
+
+
+def offsets(spool: Path) -> dict[str, int]:
+    """The checkpoint's offsets by file name."""
+    data = json.loads(spool.with_name("spool.checkpoint").read_bytes())
+    return {e["name"]: e["offset"] for e in data["files"]}
+
+
+def test_removing_a_file_does_not_checkpoint_a_batch_still_syncing(tmp_path):
+    """A file removed on an empty pass leaves the other files' checkpoint where it was."""
+    spool = tmp_path / "spool"
+    older, newer = tmp_path / "spool.202612021700", tmp_path / "spool.202612021701"
+    older.write_bytes(RECORD * 2)
+    newer.write_bytes(RECORD)
+    reader = Spool(spool, fsync=False)
+    try:
+        assert len(reader.read().records) == 3
+        reader.commit(reader.mark())  # durable: both files checkpointed to their end
+        with newer.open("ab") as f:
+            f.write(RECORD)
+        assert len(reader.read().records) == 1  # read, applied, not yet durable
+        assert older.exists()  # written a moment ago: kept for the grace
+        an_hour_ago = time.time() - 3600
+        os.utime(older, (an_hour_ago, an_hour_ago))
+        assert reader.read().records == []
+        assert not older.exists()
+        assert offsets(spool) == {newer.name: len(RECORD)}
+    finally:
+        reader.close()
