@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from shieldaudit import __version__
+from shieldaudit.fleet.collect import Counts
 
 REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy"
@@ -355,7 +356,7 @@ def test_alert_rules_behave_as_their_unit_tests_say():
 
 
 def test_alerts_cover_the_issue_and_use_only_real_metrics():
-    """The four required alerts exist and every query names only metrics the sidecar exports."""
+    """The required alerts exist and every query names only metrics shieldaudit exports."""
     (rules,) = load_yaml(PROMETHEUS / "alerts.yml")
     alerts = {r["alert"]: r for group in rules["groups"] for r in group["rules"]}
     assert "shieldaudit_hook_errors_total" in alerts["ShieldauditHookErrors"]["expr"]
@@ -366,8 +367,13 @@ def test_alerts_cover_the_issue_and_use_only_real_metrics():
     assert alerts["ShieldauditUnauditedStart"]["labels"]["severity"] == "critical"
     assert "shieldaudit_hooks_installed" in alerts["ShieldauditHooksNotInstalled"]["expr"]
     assert "shieldaudit_last_seal_timestamp_seconds" in alerts["ShieldauditSealsStale"]["expr"]
+    # The collector's alerts read collect's own metrics (its textfile).
+    collect_metrics = metric_names(Counts(backlog=0).render())
+    for name in ("Conflict", "Refused", "Gap", "Backlog"):
+        assert metric_names(alerts[f"ShieldauditFleet{name}"]["expr"]) <= collect_metrics
+    assert "/var/spool/shieldaudit-collect" in alerts["ShieldauditFleetSpoolDiskLow"]["expr"]
     for rule in alerts.values():
-        assert metric_names(rule["expr"]) <= METRICS, rule["alert"]
+        assert metric_names(rule["expr"]) <= METRICS | collect_metrics, rule["alert"]
         assert rule["labels"]["severity"] in {"info", "warning", "critical"}
         assert rule["annotations"]["summary"]
 
