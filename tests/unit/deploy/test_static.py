@@ -100,7 +100,11 @@ def verify_units(root: Path, units: dict[str, str], name: str) -> subprocess.Com
     for unit_name, text in units.items():
         (system / unit_name).write_text(text)
     # The venv's entry point, and what the hooks unit's ExecStartPre= runs.
-    for command in ("opt/shieldaudit/bin/shieldaudit", "usr/bin/install"):
+    for command in (
+        "opt/shieldaudit/bin/shieldaudit",
+        "usr/local/bin/shieldaudit",
+        "usr/bin/install",
+    ):
         entry = root / command
         entry.parent.mkdir(parents=True)
         entry.write_text("#!/bin/sh\n")
@@ -116,13 +120,19 @@ def verify_units(root: Path, units: dict[str, str], name: str) -> subprocess.Com
     )
 
 
-@pytest.mark.parametrize("name", ["shieldaudit.service", "shieldaudit-hooks.service"])
+@pytest.mark.parametrize(
+    "name", ["shieldaudit.service", "shieldaudit-hooks.service", "shieldaudit-collect.service"]
+)
 def test_systemd_units_verify_cleanly(tmp_path, name):
     """`systemd-analyze verify` accepts each unit without a single warning.
 
-    Unknown keys or bad values print warnings, which fail this test.
+    Unknown keys or bad values print warnings, which fail this test. The
+    collector's unit lives with its rsyslog configuration (deploy/rsyslog).
     """
-    units = {path.name: path.read_text() for path in SYSTEMD.glob("*.service")}
+    units = {
+        path.name: path.read_text()
+        for path in (*SYSTEMD.glob("*.service"), *(DEPLOY / "rsyslog").glob("*.service"))
+    }
     result = verify_units(tmp_path, units, name)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == ""
