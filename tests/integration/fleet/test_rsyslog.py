@@ -227,7 +227,7 @@ def test_three_nodes_every_entry_once_through_kills_and_restarts(fleet):
         t.join(DEADLINE)
     wait_for(lambda: arrived() >= 3 * 2 * 6, DEADLINE, "the first entries at the collector")
 
-    # collect killed mid-stream, and started again while the spool grew and rotated:
+    # collect killed mid-stream, and started again while new spool files were written:
     # it goes on from its checkpoint and drops what it had applied after it.
     writers = phase(6)
     fleet.collect.stop(signal.SIGKILL)
