@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Final, Self
 
 from shieldaudit.core.errors import StorageError
 from shieldaudit.fleet.collect import MAX_LINE_BYTES, RefusedError, parse_message
-from shieldaudit.store import instance
+from shieldaudit.store import instance, layout
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -229,26 +229,10 @@ class Spool:
             if state.committed > 0
         ]
         data = json.dumps({"files": entries}, separators=(",", ":")).encode() + b"\n"
-        final = self.name + CHECKPOINT_SUFFIX
-        temp = final + ".tmp"
         try:
-            fd = os.open(
-                temp,
-                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=self.dir_fd,
-            )
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temp, final, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            layout.replace_file(self.dir_fd, self.name + CHECKPOINT_SUFFIX, data, sync=self.fsync)
             if self.fsync:
-                os.fsync(self.dir_fd)
+                layout.fsync_dir(self.dir_fd)
         except OSError as exc:
             raise StorageError(
                 f"cannot write {self.path}{CHECKPOINT_SUFFIX}: {exc.strerror or exc}"

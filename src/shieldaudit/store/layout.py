@@ -15,6 +15,7 @@ fixing it silently would hide that.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -276,6 +277,36 @@ def list_segment_numbers(dir_fd: int) -> list[int]:
             numbers.append(number)
     numbers.sort()
     return numbers
+
+
+def replace_file(dir_fd: int, name: str, data: bytes, *, sync: bool = True) -> None:
+    """Replace ``name`` in the directory with ``data``: a temporary file, synced, renamed.
+
+    A reader sees the old file or the new one, never a mix or an empty file.
+    The rename is made durable by the caller (:func:`fsync_dir`), which may
+    sync several changes at once; without ``sync`` nothing is synced. Raises
+    OSError.
+    """
+    tmp = f".{name}.{os.getpid()}.tmp"
+    fd = os.open(
+        tmp,
+        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+        FILE_MODE,
+        dir_fd=dir_fd,
+    )
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if sync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    os.close(fd)
+    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def fsync_dir(dir_fd: int) -> None:

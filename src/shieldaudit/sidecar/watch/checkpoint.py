@@ -27,7 +27,6 @@ changes and kept as text, so writing a shard is a join.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -204,30 +203,10 @@ class CheckpointWriter:
         dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for shard in sorted(self.dirty):
-                _replace(dfd, f"{shard}.json", self.render(shard))
+                layout.replace_file(dfd, f"{shard}.json", self.render(shard))
                 os.fsync(dfd)  # the rename is durable before anything is published
                 self.dirty.discard(shard)
                 self.saves += 1
                 yield shard
         finally:
             os.close(dfd)
-
-
-def _replace(dfd: int, name: str, data: bytes) -> None:
-    """Replace ``name`` in the directory: temp file, fsync, rename (never a mix of both)."""
-    tmp = f".{name}.{os.getpid()}.tmp"
-    fd = os.open(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, layout.FILE_MODE, dir_fd=dfd
-    )
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dfd)
-        raise
-    os.close(fd)
-    os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
