@@ -75,7 +75,7 @@ RECENT: Final = 256
 MAX_OPEN: Final = 256
 #: Touched files from which one syncfs replaces a sync per file.
 SYNCFS_FROM: Final = 8
-#: Validated file paths remembered (path -> stream, file name); cleared when full.
+#: Validated message heads remembered (node and path, see _HEADS); cleared when full.
 MAX_PATHS: Final = 4096
 _raw_decode: Final = json.JSONDecoder().raw_decode
 #: The header as the node's template writes it, up to its offset (no escape in the path but ``\/``).
@@ -713,15 +713,10 @@ class Collector:
         """
         dirty = [s for s in self._streams.values() if s.dirty]
         if not self.fsync:
-            for stream in dirty:
-                self._write_out(stream)
-                stream.dirty = False
-            self._dirty_fds.clear()
+            self._write_dirty()
             return
         if len(dirty) + len(self._dirty_fds) >= SYNCFS_FROM and _syncfs is not None:
-            for stream in dirty:
-                self._write_out(stream)
-                stream.dirty = False
+            self._write_dirty()
             _syncfs(self._root_fd)
         else:
             for stream in dirty:
@@ -745,13 +740,17 @@ class Collector:
         if not self.fsync or _syncfs is None:
             self.flush()
             return _nothing
+        self._write_dirty()
+        syncfs, root_fd = _syncfs, self._root_fd
+        return lambda: syncfs(root_fd)
+
+    def _write_dirty(self) -> None:
+        """Write every open trail's buffer; a syncfs (or nothing) makes it and the dirs durable."""
         for stream in self._streams.values():
             if stream.dirty:
                 self._write_out(stream)
                 stream.dirty = False
         self._dirty_fds.clear()
-        syncfs, root_fd = _syncfs, self._root_fd
-        return lambda: syncfs(root_fd)
 
     # -- conflicts and waiting lines ---------------------------------------------
 
