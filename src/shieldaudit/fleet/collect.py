@@ -823,8 +823,7 @@ class Collector:
                 self.central / stream.node / name,
             )
             try:
-                record = {"file": item.file, "offset": item.offset, "line": item.line.decode()}
-                _write_all(fd, (json.dumps(record) + "\n").encode(), self.central / name)
+                _write_all(fd, _pending_line(item), self.central / name)
                 if self.fsync:
                     os.fdatasync(fd)
             finally:
@@ -848,24 +847,12 @@ class Collector:
                     os.unlink(name, dir_fd=dfd)
                 return
             self._flush_stream(stream)
-            tmp = name + ".tmp"
-            fd = layout.open_regular(
-                dfd, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.central / tmp
-            )
+            data = b"".join(_pending_line(i) for _, i in sorted(stream.pending.items()))
             try:
-                data = b"".join(
-                    (
-                        json.dumps({"file": i.file, "offset": i.offset, "line": i.line.decode()})
-                        + "\n"
-                    ).encode()
-                    for _, i in sorted(stream.pending.items())
-                )
-                _write_all(fd, data, self.central / tmp)
-                if self.fsync:
-                    os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                layout.replace_file(dfd, name, data, sync=self.fsync)
+            except OSError as exc:
+                shown = self.central / stream.node / name
+                raise StorageError(f"cannot write {shown}: {exc.strerror or exc}") from None
         finally:
             os.close(dfd)
 
@@ -881,23 +868,14 @@ class Collector:
                 return
             try:
                 for raw in iter_lines(fd):
-                    if not raw.complete or raw.oversized:
+                    item = None
+                    if raw.complete and not raw.oversized:
+                        item = _pending_item(stream, raw.data)
+                    if item is None:
+                        # Not written by collect (it writes whole lines): counted, never placed.
+                        self.counts.refused["entry"] += 1
                         continue
-                    # As a node names the file (only the last components count).
-                    path = (
-                        f"/{SEALS_DIR}/{SEALS_FILE}"
-                        if stream.stream == SEALS_STREAM
-                        else f"/{layout.CONTAINERS_DIR}/{stream.stream}/"
-                    )
-                    try:
-                        record = json.loads(raw.data)
-                        if stream.stream != SEALS_STREAM:
-                            path += str(record["file"])
-                        yield parse_message(
-                            message(stream.node, path, record["offset"], str(record["line"]))
-                        )
-                    except (ValueError, KeyError, TypeError):
-                        continue
+                    yield item
             finally:
                 os.close(fd)
         finally:
@@ -980,6 +958,32 @@ def message(node: str, path: str, offset: int | None, line: str) -> bytes:
 def shown_conf(central: Path, node: str) -> Path:
     """Return the conflicts file of a node's central copy."""
     return central / node / CONFLICTS_DIR / "conflicts.jsonl"
+
+
+def _pending_line(item: Shipped) -> bytes:
+    """Return the line that keeps a waiting line in its pending file (pure)."""
+    record = {"file": item.file, "offset": item.offset, "line": item.line.decode("ascii")}
+    return (json.dumps(record) + "\n").encode()
+
+
+def _pending_item(stream: _Stream, data: bytes) -> Shipped | None:
+    """Validate a pending file's line as a shipped line of ``stream`` again; None if it is not.
+
+    The file is on disk, so its lines are checked as strictly as what comes
+    from the network.
+    """
+    try:
+        record = json.loads(data)
+        name, offset, line = record["file"], record["offset"], record["line"]
+        if stream.stream == SEALS_STREAM:
+            ok = name == SEALS_FILE
+        else:
+            ok = name == layout.ACTIVE_FILE or layout.segment_number(name) is not None
+        if not ok or not (offset is None or type(offset) is int) or not isinstance(line, str):
+            return None
+        return _shipped((stream.node, stream.stream, name), offset, line.encode("ascii"))
+    except (ValueError, KeyError, TypeError):  # RefusedError and UnicodeError among them
+        return None
 
 
 def _seal_head(fd: int, size: int) -> tuple[int, str] | None:

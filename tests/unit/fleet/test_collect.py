@@ -298,3 +298,37 @@ def test_waiting_seal_records_survive_a_restart(tmp_path):
         second.close()
     copy = tmp_path / "central" / "node-a" / "seals" / "seals.jsonl"
     assert copy.read_text().splitlines() == seals
+
+
+def test_a_pending_file_is_checked_like_the_network(tmp_path):
+    """Lines in a pending file that collect did not write are counted and never placed.
+
+    A line naming another file, one of another trail, one that is not JSON,
+    and a cut-off last line are refused; the waiting line collect wrote is
+    reloaded and placed once its gap is filled.
+    """
+    lines = chained(3)
+    path = f"/r/containers/{CID}/audit.jsonl"
+    first = Collector(tmp_path / "central", fsync=False)
+    assert first.apply(parse_message(message("node-a", path, 1, lines[2]))) == "pending"
+    first.close()
+    pending = tmp_path / "central" / "node-a" / "state" / "collect" / f"{CID}.pending.jsonl"
+    good = pending.read_bytes()
+    other = json.loads(entry(2).replace(CID, "cd" * 32))
+    bad = [
+        json.dumps({"file": "../../x", "offset": 1, "line": lines[1]}),
+        json.dumps({"file": "audit.jsonl", "offset": 1, "line": json.dumps(other)}),
+        "not json",
+    ]
+    pending.write_bytes("\n".join(bad).encode() + b"\n" + good + b'{"file":')
+    second = Collector(tmp_path / "central", fsync=False)
+    try:
+        assert second.apply(parse_message(message("node-a", path, 0, lines[0]))) == "stored"
+        assert second.counts.refused["entry"] == 4
+        assert second.counts.waiting == 1
+        assert second.apply(parse_message(message("node-a", path, 1, lines[1]))) == "stored"
+        assert second.counts.stored == 3
+    finally:
+        second.close()
+    trail = tmp_path / "central" / "node-a" / "containers" / CID / "audit.jsonl"
+    assert trail.read_text().splitlines() == lines
