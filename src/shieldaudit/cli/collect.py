@@ -55,10 +55,10 @@ def collect_command(central: str, spool: str | None, once: bool, metrics_file: s
     (SPOOL.YYYYMMDDhhmm, deploy/rsyslog/collector.conf) in batches: each batch
     is made durable, then checkpointed (SPOOL.checkpoint), and files read to
     their end that rsyslog no longer writes are removed. SPOOL.lock keeps a
-    second collect off the same spool. Without it, reads one message per line on stdin, as rsyslog's
-    omprog sends them, and answers each once it is durable. A line already
-    held is dropped; one that contradicts the held history is kept under
-    CENTRAL/<node>/conflicts/ and reported by verify.
+    second collect off the same spool. Without --spool, reads one message per
+    line on stdin, as rsyslog's omprog sends them, and answers each once it
+    is durable. A line already held is dropped; one that contradicts the held
+    history is kept under CENTRAL/<node>/conflicts/ and reported by verify.
     """
     if not central:
         raise UsageError("--central is empty: give the directory for the node copies")
