@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from rsyslog_harness import wait_for
 from shieldaudit.core.settings import StoreSettings
 from shieldaudit.hook import hooksd
 from shieldaudit.store.writer import TrailWriter
@@ -91,3 +92,24 @@ def fill(path: Path) -> None:
                 return
     finally:
         os.close(fd)
+
+
+def on_tmpfs(directory: Path, kib: int) -> list[str]:
+    """A command prefix: run a program in a mount namespace of its own, ``directory`` on a tmpfs.
+
+    The tmpfs (``kib`` KiB) is seen by that program and its children only.
+    """
+    mount = f'mount -t tmpfs -o size={kib}k,mode=0700 shieldaudit-test "$0" && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, str(directory)]
+
+
+def tmpfs_of(pid: int, directory: Path, kib: int, timeout: float) -> Path:
+    """Wait until process ``pid`` has its tmpfs on ``directory``; return the way to it from here."""
+    inside = Path(f"/proc/{pid}/root") / directory.relative_to("/")
+
+    def mounted() -> bool:
+        stat = os.statvfs(inside)
+        return stat.f_blocks * stat.f_frsize <= kib * 1024
+
+    wait_for(mounted, timeout, f"the tmpfs on {directory} in the namespace of pid {pid}")
+    return inside

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from fleet_helpers import fill, metric
+from fleet_helpers import fill, metric, on_tmpfs, tmpfs_of
 from rsyslog_harness import (
     DEPLOY,
     CollectProcess,
@@ -377,21 +377,11 @@ def test_spool_disk_full_loses_lines_rsyslog_acknowledged_and_a_resend_restores_
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir(mode=0o700)
     spool = spool_dir / "spool"
-    mount = 'mount -t tmpfs -o size=1m,mode=0700 shieldaudit-spool "$0" && exec "$@"'
     collector = Rsyslogd(
         "collector",
         tmp_path / "collector",
         collector_config(spool, tmp_path / "collector" / "work", port, per_second=True),
-        wrapper=[
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            mount,
-            str(spool_dir),
-        ],
+        wrapper=on_tmpfs(spool_dir, 1024),
     )
     node = Node(tmp_path, "node-a", port)
     central = tmp_path / "central"
@@ -401,12 +391,7 @@ def test_spool_disk_full_loses_lines_rsyslog_acknowledged_and_a_resend_restores_
     try:
         collector.start()
         assert collector.proc is not None
-        inside = Path(f"/proc/{collector.proc.pid}/root") / spool_dir.relative_to("/")
-        wait_for(
-            lambda: os.statvfs(inside).f_blocks * os.statvfs(inside).f_frsize <= 1024 * 1024,
-            DEADLINE,
-            "the tmpfs in the collector's namespace",
-        )
+        inside = tmpfs_of(collector.proc.pid, spool_dir, 1024, DEADLINE)
         collect = CollectProcess(
             SHIELDAUDIT,
             central,

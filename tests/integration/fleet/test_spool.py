@@ -19,17 +19,27 @@ import re
 import signal
 import subprocess
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from cli_helpers import cid
-from fleet_helpers import SEPARATOR, SHIELDAUDIT, files_of, fill, metric, node_trail, shipped
+from fleet_helpers import (
+    SEPARATOR,
+    SHIELDAUDIT,
+    files_of,
+    fill,
+    metric,
+    node_trail,
+    on_tmpfs,
+    shipped,
+    tmpfs_of,
+)
 from rsyslog_harness import CollectProcess, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 #: Older than collect's grace (a few seconds) for a file no longer written.
 AN_HOUR_AGO = time.time() - 3600
@@ -394,18 +404,10 @@ def test_central_disk_full_keeps_the_checkpoint_and_loses_nothing(setup):
     spool = collect.spool
     central = collect.central
     central.mkdir(mode=0o700)
-    mount = 'mount -t tmpfs -o size=256k,mode=0700 shieldaudit-central "$0" && exec "$@"'
-    collect.wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount]
-    collect.wrapper.append(str(central))
+    collect.wrapper = on_tmpfs(central, 256)
     collect.start()
     assert collect.proc is not None
-    inside = Path(f"/proc/{collect.proc.pid}/root") / central.relative_to("/")
-
-    def tmpfs_size() -> int:
-        stat = os.statvfs(inside)
-        return stat.f_blocks * stat.f_frsize
-
-    wait_for(lambda: tmpfs_size() <= 256 * 1024, 60, "the tmpfs in collect's namespace")
+    inside = tmpfs_of(collect.proc.pid, central, 256, 60)
     filler = inside / "filler"
     fill(filler)
     append(spool, minute(1), b"".join(records))
