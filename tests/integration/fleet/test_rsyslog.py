@@ -146,11 +146,10 @@ class Fleet:
     nodes: list[Node]
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    """A collector and three nodes, everything on 127.0.0.1; a new spool file every second."""
-    port = free_port()
-    central = tmp_path / "central"
+def collector_rsyslogd(
+    tmp_path: Path, port: int, wrapper: list[str] | None = None
+) -> tuple[Rsyslogd, Path]:
+    """The collector's rsyslogd (not started), a new spool file every second; and its spool."""
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir(mode=0o700)
     spool = spool_dir / "spool"
@@ -158,7 +157,17 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         "collector",
         tmp_path / "collector",
         collector_config(spool, tmp_path / "collector" / "work", port, per_second=True),
+        wrapper=wrapper or [],
     )
+    return collector, spool
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """A collector and three nodes, everything on 127.0.0.1; a new spool file every second."""
+    port = free_port()
+    central = tmp_path / "central"
+    collector, spool = collector_rsyslogd(tmp_path, port)
     collect = CollectProcess(SHIELDAUDIT, central, spool, tmp_path / "collect.prom")
     nodes = [Node(tmp_path, name, port) for name in ("node-a", "node-b", "node-c")]
     started = [collector, *(n.rsyslog for n in nodes)]
@@ -375,14 +384,7 @@ def test_spool_disk_full_loses_lines_rsyslog_acknowledged_and_a_resend_restores_
     """
     port = free_port()
     spool_dir = tmp_path / "spool"
-    spool_dir.mkdir(mode=0o700)
-    spool = spool_dir / "spool"
-    collector = Rsyslogd(
-        "collector",
-        tmp_path / "collector",
-        collector_config(spool, tmp_path / "collector" / "work", port, per_second=True),
-        wrapper=on_tmpfs(spool_dir, 1024),
-    )
+    collector, spool = collector_rsyslogd(tmp_path, port, on_tmpfs(spool_dir, 1024))
     node = Node(tmp_path, "node-a", port)
     central = tmp_path / "central"
     prom = tmp_path / "collect.prom"
